@@ -1,0 +1,177 @@
+"""Command-line configuration: ``parse_args(argv)`` returns the fully resolved run configuration.
+
+The authors' single-dash flag names are kept so their command lines (final.sh) work unchanged.
+Resolution order for every flag: what the user typed > the dataset's preset (datasets.DATASETS) >
+the global default shown in -h. ``args.explicit`` records which flags the user typed.
+Boolean flags accept ``-flag`` (true), ``-flag true|false|1|0`` (the authors' ``type=bool`` flags
+could only be switched on).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from datasets import DATASETS
+from datasets.events import frame_shape
+from datasets.options import add_dataset_arguments
+from utils.errors import UserError
+
+ARCHS = ("A", "B", "C", "D", "sew18")
+
+
+def str2bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
+def _bool_flag(group, name, default, help):
+    group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL",
+                       help=f"{help} (default {str(default).lower()}; '{name}' alone means true)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_test.py",
+        description="Train and evaluate LIF-SNNs with or without ASA (Advance Spatial Attention) on "
+                    "event-camera data, logging accuracy and NASFR (network average spike firing "
+                    "rate) every epoch. Defaults reproduce the authors' code (SPEC.md); a dataset "
+                    "preset fills in what a flag leaves unset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    d = p.add_argument_group("data")
+    d.add_argument("-dataset", default="synthetic", choices=sorted(DATASETS),
+                   help="dataset: " + "; ".join(f"{k}: {v.help}" for k, v in sorted(DATASETS.items())))
+    d.add_argument("-data_path", default=None, metavar="DIR",
+                   help="dataset root folder (layouts in docs/datasets.md); not needed for synthetic")
+    d.add_argument("-T", type=int, default=60, help="time steps (frames) per sample")
+    d.add_argument("-dt", type=float, default=15, help="frame length in milliseconds")
+    d.add_argument("-ds", type=int, default=4, help="spatial downsampling factor (128 -> 128/ds)")
+    d.add_argument("-clip", type=int, default=10,
+                   help="test windows per test sample; a sample is correct when more than half are")
+    _bool_flag(d, "-is_train_Enhanced", True,
+               "random consecutive slice (RCS) training windows; false starts every window at time 0")
+    _bool_flag(d, "-is_spike", False, "binarise frames (count > 0 -> 1)")
+    _bool_flag(d, "-interval_scaling", False, "divide each sample's frames by their maximum count")
+    d.add_argument("-num_work", type=int, default=2, help="DataLoader worker processes")
+    add_dataset_arguments(d)
+
+    m = p.add_argument_group("model")
+    m.add_argument("-arch", default="A", choices=ARCHS,
+                   help="A: 3-layer LIF-SNN (64-128-128); D: A with 32 channels; B: 5-layer PLIF net; "
+                        "C: B with LIF neurons; sew18: SEW-ResNet-18")
+    m.add_argument("-attention", default="ASA", choices=("ASA", "no"),
+                   help="ASA on the membrane-potential input of every conv layer, or none")
+    m.add_argument("-asa_mask", default="reference", choices=("reference", "per_sample"),
+                   help="reference: the authors' batch-union masks (a sample depends on its batch); "
+                        "per_sample: each sample its own masks, as the paper describes")
+    m.add_argument("-reduction", type=int, default=4,
+                   help="ASA's temporal fc reduction r: Linear(T, T//r) -> ReLU -> Linear(T//r, T); "
+                        "1 = one Linear(T, T). Arch B/C always use 1")
+    m.add_argument("-lam", type=float, default=0.5,
+                   help="ASA split ratio lambda in (0, 1): top-k = int(C*lam) channels, int(T*lam) steps")
+    m.add_argument("-ps", default="00111",
+                   help="dropout switches, 5 digits of 0/1 for conv1, conv2, conv3, fc1, fc2 (arch A/D)")
+    m.add_argument("-num_classes", type=int, default=None,
+                   help="number of classes (default: the dataset's)")
+    m.add_argument("-pretrained_path", default=None, metavar="FILE",
+                   help="start from this checkpoint (this project's or an authors' state_dict)")
+
+    t = p.add_argument_group("training")
+    t.add_argument("-batch_size_train", type=int, default=32, help="training batch size")
+    t.add_argument("-batch_size_test", type=int, default=4,
+                   help="test batch size in samples; each forward pass holds this many x -clip clips")
+    t.add_argument("-num_epochs", type=int, default=200, help="epochs (also the cosine period T_0)")
+    t.add_argument("-lr", type=float, default=1e-4, help="Adam learning rate")
+    t.add_argument("-weight_decay", type=float, default=1e-4, help="Adam weight decay")
+    t.add_argument("-seed", type=int, default=118, help="random seed")
+    t.add_argument("-device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    _bool_flag(t, "-amp", False, "CUDA automatic mixed precision (off by default: it can change results)")
+    _bool_flag(t, "-eval_only", False, "only evaluate -pretrained_path on the test set (writes eval.json)")
+
+    o = p.add_argument_group("output")
+    o.add_argument("-modelPath", default="runs", metavar="DIR",
+                   help="parent folder of run folders (metrics.csv, config.json, checkpoints)")
+    o.add_argument("-name", default=None,
+                   help="run folder name (default: <dataset>_<arch>_<attention>_T<T>_seed<seed>_<time>); "
+                        "an existing folder is never overwritten")
+    return p
+
+
+def _explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """Names of the flags the user actually typed (parse again with every default suppressed)."""
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        ns, _ = parser.parse_known_args(argv)
+    finally:
+        for a in parser._actions:
+            a.default = saved[a.dest]
+    return set(vars(ns))
+
+
+def resolve(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
+    """Fill dataset presets into flags the user left unset, derive sizes, validate."""
+    info = DATASETS[args.dataset]
+    for k, v in info.defaults.items():
+        if k not in explicit:
+            setattr(args, k, v)
+    if args.num_classes is None:
+        args.num_classes = info.num_classes
+    args.sensor_size = info.sensor_size
+    if float(args.dt).is_integer():
+        args.dt = int(args.dt)
+    args.augment = args.is_train_Enhanced
+    args.frame_size = frame_shape(args.sensor_size, args.ds) if args.sensor_size and args.ds >= 1 else None
+    args.explicit = sorted(explicit)
+    validate(args, info)
+    return args
+
+
+def validate(args, info):
+    def bad(msg):
+        raise UserError(msg)
+    for name in ("T", "ds", "clip", "batch_size_train", "batch_size_test", "num_epochs", "reduction"):
+        if getattr(args, name) < 1:
+            bad(f"-{name} must be at least 1, got {getattr(args, name)}")
+    if args.dt <= 0:
+        bad(f"-dt must be positive (milliseconds), got {args.dt}")
+    if args.num_work < 0:
+        bad(f"-num_work must be 0 or more, got {args.num_work}")
+    if len(args.ps) != 5 or set(args.ps) - {"0", "1"}:
+        bad(f"-ps must be 5 digits of 0/1 (conv1 conv2 conv3 fc1 fc2), got {args.ps!r}")
+    if not 0 < args.lam < 1:
+        bad(f"-lam must lie strictly between 0 and 1, got {args.lam}")
+    if args.attention == "ASA" and args.arch in ("A", "D") and args.T // args.reduction < 1:
+        bad(f"-T {args.T} is not compatible with -reduction {args.reduction}: ASA's fc needs "
+            f"T // reduction >= 1")
+    if args.attention == "ASA" and int(args.T * args.lam) < 1:
+        bad(f"-T {args.T} with -lam {args.lam} selects no time step (int(T*lam) = 0)")
+    if args.num_classes is not None and args.num_classes < 2:
+        bad(f"-num_classes must be at least 2, got {args.num_classes}")
+    if info.needs_path:
+        if not args.data_path:
+            bad(f"-dataset {args.dataset} needs -data_path DIR")
+        if not os.path.isdir(args.data_path):
+            bad(f"-data_path {args.data_path}: no such folder")
+    if args.eval_only and not args.pretrained_path:
+        bad("-eval_only needs -pretrained_path FILE (the checkpoint to evaluate)")
+    if args.pretrained_path and not os.path.isfile(args.pretrained_path):
+        bad(f"-pretrained_path {args.pretrained_path}: no such file")
+    if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
+        bad(f"-device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and resolve a command line (argv without the program name; None = sys.argv[1:])."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return resolve(args, _explicit_flags(parser, argv))

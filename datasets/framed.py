@@ -1,0 +1,54 @@
+"""The torch Dataset shared by every event dataset: a list of samples -> frames.
+
+A reader supplies ``items`` (anything) and ``load(item) -> (Events, label)``; this class applies the
+RCS training window or the test clips of SPEC.md section 5 and returns float32 tensors:
+training items [T, 2, X, Y], test items [clip, T, 2, X, Y], with the integer label.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .events import Events, postprocess, test_clip_frames, train_window_start, window_frames
+
+
+class EventFrameDataset(Dataset):
+    def __init__(self, items, load, *, train: bool, T: int, dt_us: int, ds: int, sensor_size,
+                 clip: int = 1, augment: bool = True, window_policy: str = "gesture",
+                 is_spike: bool = False, interval_scaling: bool = False, event_transform=None,
+                 seed: int = 0):
+        if len(items) == 0:
+            raise ValueError("EventFrameDataset needs at least one sample")
+        self.items, self.load = list(items), load
+        self.train, self.T, self.dt, self.ds = train, T, dt_us, ds
+        self.sensor_size, self.clip, self.augment = tuple(sensor_size), clip, augment
+        self.window_policy, self.is_spike, self.interval_scaling = window_policy, is_spike, interval_scaling
+        self.event_transform = event_transform   # e.g. gait's EventDrop, training only
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def set_epoch(self, epoch: int):
+        """Window draws depend on (seed, epoch, index) only: reproducible with any worker count."""
+        self.epoch = epoch
+
+    def labels(self) -> list[int]:
+        return [self.load_label(i) for i in range(len(self))]
+
+    def load_label(self, i):
+        return self.load(self.items[i])[1]
+
+    def __getitem__(self, i):
+        ev, label = self.load(self.items[i])
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            start = train_window_start(ev, self.T * self.dt, rng, self.augment, self.window_policy)
+            if self.event_transform is not None:
+                ev = self.event_transform(ev, start, self.T * self.dt, rng)
+            frames = window_frames(ev, start, self.T, self.dt, self.sensor_size, self.ds)
+        else:
+            frames = test_clip_frames(ev, self.clip, self.T, self.dt, self.sensor_size, self.ds)
+        frames = postprocess(frames, self.is_spike, self.interval_scaling)
+        return torch.from_numpy(frames), int(label)

@@ -1,0 +1,32 @@
+"""Dataset-specific command-line flags (config.py adds them to its "data" group).
+
+Defaults reproduce the authors' code; each documented quirk has a named option that fixes it
+(docs/datasets.md lists them)."""
+
+
+def add_dataset_arguments(group):
+    """Flags that only some datasets read. Each one needs help text and a default."""
+    group.add_argument("-synthetic_train", type=int, default=600, metavar="N",
+                       help="synthetic dataset: number of training recordings (default 600)")
+    group.add_argument("-synthetic_test", type=int, default=200, metavar="N",
+                       help="synthetic dataset: number of test recordings (default 200)")
+    group.add_argument("-action_decode", default="reference", choices=("reference", "full"),
+                       help="action (DailyAction-DVS): 'reference' decodes like the authors (DAVIS "
+                            "address masks, x = 127 - x, only events with x, y < 128 kept, frames "
+                            "sized 346x260); 'full' detects the DVS128 or DAVIS address layout from "
+                            "the files and uses the whole sensor (default reference)")
+    group.add_argument("-recognition_window", default="first", choices=("first", "last"),
+                       help="recognition: where training windows start. 'first': RCS random start "
+                            "or the first event (this project's fix); 'last': the reference's bug, "
+                            "every window starts at the last event (default first)")
+    group.add_argument("-gait_eventdrop", default="reference", choices=("reference", "fixed", "off"),
+                       help="gait_day / gait_night: EventDrop augmentation of training windows. "
+                            "'reference' keeps the authors' drop-by-area bug (wrong columns, "
+                            "downsampled size, AND); 'fixed' drops a real rectangle; 'off' disables "
+                            "EventDrop (default reference)")
+    group.add_argument("-hardvs_test_list", default="test", choices=("test", "val"),
+                       help="har_dvs: evaluate on test_label.txt or val_label.txt (default test)")
+    group.add_argument("-sensor_size", dest="sensor_size_flag", type=int, nargs=2, default=None,
+                       metavar=("X", "Y"),
+                       help="events (your own data): sensor width X and height Y in pixels; default: "
+                            "DIR/info.json, else the largest x and y found in the data")

@@ -1,0 +1,104 @@
+"""One training epoch and one test pass, each returning a dict of metrics (SPEC.md section 4).
+
+Loss: MSE between the logits [N, K] and the one-hot label. The membrane state is reset for every
+batch because every spiking layer starts from zero at each forward. Test batches hold
+batch_size_test samples x clip clips in one forward pass, as in the reference (its ASA masks pool
+over the whole test batch).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.metrics import SpikeMonitor, clip_vote
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def reference_lr(epoch: int, base_lr: float, T_0: int, eta_min: float = 1e-6) -> float:
+    """Learning rate used during 0-based ``epoch``.
+
+    The reference calls CosineAnnealingWarmRestarts(T_0, T_mult=1, eta_min).step(epoch) after each
+    epoch, so epochs 0 and 1 both use base_lr and epoch e >= 1 uses the cosine value at T_cur = e - 1."""
+    t_cur = 0 if epoch == 0 else (epoch - 1) % T_0
+    return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t_cur / T_0)) / 2
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def _logits(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, enabled=enabled and device.type == "cuda")
+
+
+def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int = 0,
+                    amp: bool = False, scaler=None, progress: bool = True) -> dict:
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
+    for b, (x, y) in enumerate(bar):
+        x = x.to(device, non_blocking=True).float()
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = _logits(net(x))
+            loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {b}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if progress:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])}
+
+
+@torch.no_grad()
+def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: bool = False,
+             progress: bool = True) -> dict:
+    """Test pass. Returns raw sums (for reduction across processes) under 'sums' and 'spikes'."""
+    net.eval()
+    monitor.reset()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    with monitor:
+        for x, y in tqdm(loader, desc="test", leave=False, disable=not progress, dynamic_ncols=True):
+            x = x.to(device, non_blocking=True).float()
+            y = y.to(device, non_blocking=True)
+            clip = x.shape[1]
+            with autocast(device, amp):
+                logits = _logits(net(x.flatten(0, 1))).float()
+            target = F.one_hot(y, num_classes).float().repeat_interleave(clip, dim=0)
+            loss_sum += F.mse_loss(logits, target, reduction="sum").double() / num_classes / clip
+            correct += clip_vote(logits, y, clip).sum()
+            seen += len(y)
+    return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]),
+            "spikes": monitor.totals()}
+
+
+def summarise(sums: torch.Tensor, prefix: str) -> dict:
+    """[loss_sum, correct, seen] -> {prefix_loss, prefix_acc (percent)}."""
+    loss_sum, correct, seen = sums.tolist()
+    seen = max(seen, 1)
+    return {f"{prefix}_loss": loss_sum / seen, f"{prefix}_acc": 100.0 * correct / seen}
