@@ -78,8 +78,8 @@ def train_window_start(ev: Events, window: int, rng: np.random.Generator | None,
     starts at its first event.  policy "recognition" (this project's fix for the action-recognition
     reader): as gesture, but without augmentation the first event (its timestamps are absolute).
     policy "last": the reference recognition reader's bug, every window starts at the last event
-    (so training frames are nearly empty; SPEC.md section 8).  A recording shorter than the window always starts at its first event
-    (the reference would crash on an empty randint range).
+    (so training frames are nearly empty; SPEC.md section 8).  A recording shorter than the
+    window always starts at its first event (the reference would crash on an empty randint range).
     """
     if len(ev) == 0:
         return 0

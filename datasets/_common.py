@@ -1,0 +1,155 @@
+"""Small helpers shared by the dataset readers and ``datasets.prepare`` (no dataset knowledge here)."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from utils.errors import UserError
+
+from .events import Events, frame_shape, make_events
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def natural_key(name: str):
+    """Sort key that orders 'user2' before 'user10' and '9' before '10'."""
+    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]
+
+
+def find_dir(root: str, *names: str) -> str | None:
+    """The first of ``names`` that is a folder under root, compared case-insensitively."""
+    if not os.path.isdir(root):
+        return None
+    entries = {e.lower(): e for e in os.listdir(root)}
+    for n in names:
+        e = entries.get(n.lower())
+        if e is not None and os.path.isdir(os.path.join(root, e)):
+            return os.path.join(root, e)
+    return None
+
+
+def class_folders(split_dir: str, exts: tuple[str, ...], what: str) -> dict[str, list[str]]:
+    """{class folder name: sorted sample files} of split_dir/<class>/*<ext>.
+
+    An empty class folder or a split without class folders is a UserError naming the folder."""
+    if not os.path.isdir(split_dir):
+        raise UserError(f"{split_dir}: no such folder (expected {what})")
+    out = {}
+    for c in sorted(os.listdir(split_dir), key=natural_key):
+        d = os.path.join(split_dir, c)
+        if not os.path.isdir(d):
+            continue
+        files = sorted((f for f in os.listdir(d) if f.lower().endswith(exts)), key=natural_key)
+        if not files:
+            raise UserError(f"{d}: empty class folder (no {' / '.join(exts)} files; expected {what})")
+        out[c] = [os.path.join(d, f) for f in files]
+    if not out:
+        raise UserError(f"{split_dir}: no class folders (expected {what})")
+    return out
+
+
+def frame_kwargs(args, sensor_size) -> dict:
+    """Keyword arguments of EventFrameDataset shared by train and test sets."""
+    return dict(T=int(args.T), dt_us=int(round(float(args.dt) * 1000)), ds=int(args.ds),
+                sensor_size=tuple(sensor_size), is_spike=bool(args.is_spike),
+                interval_scaling=bool(args.interval_scaling), seed=int(args.seed))
+
+
+def set_geometry(args, num_classes: int | None, sensor_size) -> None:
+    """Fill args.num_classes / sensor_size / frame_size that the registry left to the data."""
+    if getattr(args, "num_classes", None) is None and num_classes is not None:
+        args.num_classes = int(num_classes)
+    elif num_classes is not None and args.num_classes < num_classes:
+        raise UserError(f"-num_classes {args.num_classes} is smaller than the {num_classes} classes "
+                        f"found in {args.data_path}")
+    args.sensor_size = tuple(int(v) for v in sensor_size)
+    args.frame_size = frame_shape(args.sensor_size, int(args.ds))
+
+
+def check_bounds(ev: Events, sensor_size, path: str) -> Events:
+    """UserError if an event lies outside the sensor (it would land in another frame cell)."""
+    if len(ev):
+        X, Y = sensor_size
+        if ev.x.min() < 0 or ev.y.min() < 0 or ev.x.max() >= X or ev.y.max() >= Y:
+            raise UserError(f"{path}: events outside the {X}x{Y} sensor (x {ev.x.min()}..{ev.x.max()}, "
+                            f"y {ev.y.min()}..{ev.y.max()}); check the sensor size")
+        if ev.p.min() < 0 or ev.p.max() > 1:
+            raise UserError(f"{path}: polarity values {np.unique(ev.p)[:4]} (expected 0/1)")
+    return ev
+
+
+def events_from_columns(t, x, y, p, path: str) -> Events:
+    """Events from t (integer us), x, y, p (0/1, or -1/1, or bool) arrays; UserError naming path."""
+    t, x, y, p = (np.asarray(a).reshape(-1) for a in (t, x, y, p))
+    if not (len(t) == len(x) == len(y) == len(p)):
+        raise UserError(f"{path}: t, x, y, p differ in length ({len(t)}, {len(x)}, {len(y)}, {len(p)})")
+    for name, a in (("t", t), ("x", x), ("y", y)):
+        if a.dtype.kind == "f":
+            if len(a) and (not np.all(np.isfinite(a)) or np.any(a != np.floor(a))):
+                raise UserError(f"{path}: {name} holds non-integer values (expected integers"
+                                f"{'; t in microseconds' if name == 't' else ''})")
+        elif a.dtype.kind not in "iub":
+            raise UserError(f"{path}: {name} has dtype {a.dtype}, expected integers")
+    p = np.asarray(p)
+    if p.dtype.kind == "b" or (len(p) and p.min() < 0):
+        p = (p > 0)
+    return make_events(t, p, x, y)
+
+
+def read_npz_events(path: str) -> Events:
+    """An npz with arrays t (us), x, y, p."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in "txyp" if k not in z.files]
+            if missing:
+                raise UserError(f"{path}: missing arrays {missing} (expected t, x, y, p; found {z.files})")
+            return events_from_columns(z["t"], z["x"], z["y"], z["p"], path)
+    except UserError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: not a readable npz file ({e})") from None
+
+
+def npz_bytes(**arrays) -> bytes:
+    """An uncompressed .npz as bytes, byte-identical for identical arrays (fixed zip timestamps)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for k in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[k]), allow_pickle=False)
+            zi = zipfile.ZipInfo(k + ".npy", date_time=_ZIP_DATE)
+            zi.external_attr = 0o644 << 16
+            zf.writestr(zi, buf.getvalue())
+    return out.getvalue()
+
+
+def npy_bytes(array) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write to a temporary name beside path, fsync, then os.replace: a reader never sees a
+    half-written file under the final name."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.part{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def events_npz_bytes(ev: Events) -> bytes:
+    """A sample in this project's event npz layout (t int64 us, x/y uint16, p uint8)."""
+    return npz_bytes(t=ev.t.astype(np.int64), x=ev.x.astype(np.uint16), y=ev.y.astype(np.uint16),
+                     p=ev.p.astype(np.uint8))

@@ -1,0 +1,214 @@
+"""DVS128 Gait (day or night; 20 people, DVS128 128x128), FORMATS.md (c).
+
+``-data_path DIR`` may hold either layout (detected):
+
+* this project's prepared layout (``python3 -m datasets.prepare gait --raw RAW --out DIR``), one
+  npz per walk: ``DIR/{train,test}/<person>/<walk>.npz`` with arrays t, x, y, p (no pickles);
+* the authors' npy layout: ``DIR/train/train_data.npy`` (an object array of (N_i, 4) int64 arrays,
+  columns t, x, y, p) with ``train_target.npy``, and the same under ``test/``. These are pickles:
+  they are loaded with ``allow_pickle=True``, so only use files you trust.
+
+The released text files (``{train,test}/<person>/*.txt``, lines ``t x y p``) are converted by
+``datasets.prepare gait``; pointing -data_path at them gives an error that says so.
+
+Labels: the person ids (folder names or targets) of train and test together are mapped to 0..19
+whatever their numbering: ids already in 0..19 are kept, ids 1..20 are shifted down by one, any
+other ids are replaced by their rank. Training windows follow the reference's gait policy
+(Python randint bound included; without RCS the first event), then EventDrop (see
+:class:`EventDrop`). Like the reference, the gait reader ignores ``-interval_scaling``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from utils.errors import UserError
+
+from ._common import (check_bounds, class_folders, find_dir, frame_kwargs, natural_key,
+                      read_npz_events)
+from .events import Events, make_events
+from .framed import EventFrameDataset
+
+SENSOR = (128, 128)
+NUM_CLASSES = 20
+LAYOUT = ("DIR/{train,test}/<person>/*.npz (datasets.prepare gait) or the authors' "
+          "DIR/train/train_data.npy + train_target.npy, DIR/test/test_data.npy + test_target.npy")
+
+
+def map_person_ids(ids, where: str) -> dict:
+    """{id: label in 0..19} for the union of person ids (ints or folder names)."""
+    uniq = sorted(set(ids), key=lambda v: natural_key(str(v)))
+    if len(uniq) > NUM_CLASSES:
+        raise UserError(f"{where}: {len(uniq)} different people ({uniq[:5]}...), DVS128 Gait has "
+                        f"{NUM_CLASSES}")
+    try:
+        nums = [int(v) for v in uniq]
+    except ValueError:
+        nums = None
+    if nums is not None and min(nums) >= 0 and max(nums) <= NUM_CLASSES - 1:
+        return {v: n for v, n in zip(uniq, nums)}
+    if nums is not None and min(nums) >= 1 and max(nums) <= NUM_CLASSES:
+        return {v: n - 1 for v, n in zip(uniq, nums)}
+    return {v: i for i, v in enumerate(uniq)}
+
+
+def events_from_txyp(a: np.ndarray, where: str) -> Events:
+    """An (N, 4) array with columns t, x, y, p -> Events."""
+    a = np.asarray(a)
+    if a.ndim != 2 or a.shape[1] != 4:
+        if a.size == 0:
+            return make_events(*(np.zeros(0, np.int64),) * 4)
+        raise UserError(f"{where}: sample has shape {a.shape}, expected (N, 4) columns t, x, y, p")
+    return make_events(a[:, 0], a[:, 3], a[:, 1], a[:, 2])
+
+
+class EventDrop:
+    """EventDrop augmentation of gait training windows (SPEC.md sections 5 and 8).
+
+    Works on the events of the training window [start, start + window): with probability 1/4 each,
+    identity, drop by time, drop by area, random drop; if nothing would remain the window is kept.
+
+    mode "reference" reproduces the authors' drop by area: it reads the y and p columns as x and y,
+    draws the rectangle corner from U(1, 128/ds) (numpy's ``uniform(res)`` is uniform(res, 1.0)),
+    sizes it on the downsampled grid and keeps only events outside BOTH ranges, which removes a
+    band of small raw y, or everything (then the window is kept).
+    mode "fixed" drops a real rectangle: x and y columns, raw sensor coordinates, corner from
+    U(0, 128), events kept when outside the rectangle.  Random drop keeps the survivors in time
+    order (the reference's ``random.sample`` shuffles them).
+    """
+
+    def __init__(self, mode: str = "reference", sensor_size=SENSOR, ds: int = 4):
+        if mode not in ("reference", "fixed"):
+            raise ValueError(f"EventDrop mode {mode!r}")
+        self.mode, self.sensor_size, self.ds = mode, tuple(sensor_size), int(ds)
+
+    def __call__(self, ev: Events, start: int, window: int, rng: np.random.Generator) -> Events:
+        lo, hi = np.searchsorted(ev.t, [start, start + window], side="left")
+        w = ev.select(slice(lo, hi))
+        if len(w) == 0:
+            return w
+        option = int(rng.integers(0, 4))
+        if option == 0:
+            return w
+        if option == 1:
+            keep = self.drop_by_time(w, rng)
+        elif option == 2:
+            keep = self.drop_by_area(w, rng)
+        else:
+            keep = self.random_drop(w, rng)
+        return w.select(keep) if keep.any() else w
+
+    @staticmethod
+    def drop_by_time(w: Events, rng) -> np.ndarray:
+        span = int(rng.integers(1, 10)) / 10.0
+        t_start = rng.uniform(0, 1)
+        rel = w.t - w.t[0]
+        max_t = rel.max()
+        return (rel < max_t * t_start) | (rel > max_t * (t_start + span))
+
+    def drop_by_area(self, w: Events, rng) -> np.ndarray:
+        ratio = int(rng.integers(1, 20)) / 20.0
+        if self.mode == "reference":
+            res = (self.sensor_size[0] // self.ds, self.sensor_size[1] // self.ds)
+            cx = res[0] + (1.0 - res[0]) * rng.random()
+            cy = res[1] + (1.0 - res[1]) * rng.random()
+            a, b = w.y, w.p              # the reference's columns 2 and 3 of [t, x, y, p]
+        else:
+            res = self.sensor_size
+            cx, cy = rng.uniform(0, res[0]), rng.uniform(0, res[1])
+            a, b = w.x, w.y
+        x_out, y_out = res[0] * ratio, res[1] * ratio
+        x0 = int(max(0, cx - x_out / 2.0))
+        y0 = int(max(0, cy - y_out / 2.0))
+        x1 = min(res[0], x0 + x_out)
+        y1 = min(res[1], y0 + y_out)
+        out_x = (a < x0) | (a > x1)
+        out_y = (b < y0) | (b > y1)
+        return (out_x & out_y) if self.mode == "reference" else (out_x | out_y)
+
+    @staticmethod
+    def random_drop(w: Events, rng) -> np.ndarray:
+        ratio = int(rng.integers(1, 10)) / 10.0
+        n = len(w)
+        keep_n = n - int(n * ratio)
+        keep = np.zeros(n, dtype=bool)
+        keep[rng.choice(n, size=keep_n, replace=False)] = True
+        return keep
+
+
+class NpyGaitSamples:
+    """The authors' npy layout, loaded once (object arrays need allow_pickle)."""
+
+    def __init__(self, split_dir: str, split: str):
+        data_f = os.path.join(split_dir, f"{split}_data.npy")
+        target_f = os.path.join(split_dir, f"{split}_target.npy")
+        for f in (data_f, target_f):
+            if not os.path.isfile(f):
+                raise UserError(f"{f}: missing (expected {LAYOUT})")
+        try:
+            self.data = np.load(data_f, allow_pickle=True)
+            self.targets = np.load(target_f, allow_pickle=True).reshape(-1)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{split_dir}: cannot load {split}_data.npy / {split}_target.npy ({e})") from None
+        if len(self.data) != len(self.targets):
+            raise UserError(f"{data_f}: {len(self.data)} samples but {target_f} has "
+                            f"{len(self.targets)} targets")
+        if len(self.data) == 0:
+            raise UserError(f"{data_f}: no samples")
+        self.where = data_f
+
+
+class GaitLoader:
+    """load(item): item = (source, index or path, label)."""
+
+    def __init__(self, npy: dict | None = None):
+        self.npy = npy or {}
+
+    def __call__(self, item):
+        kind, ref, label = item
+        if kind == "npz":
+            return check_bounds(read_npz_events(ref), SENSOR, ref), label
+        src = self.npy[kind]
+        where = f"{src.where}[{ref}]"
+        return check_bounds(events_from_txyp(src.data[ref], where), SENSOR, where), label
+
+
+def gait_items(root: str):
+    """(train items, test items, loader) for either layout under root."""
+    tr, te = find_dir(root, "train"), find_dir(root, "test")
+    if tr is None or te is None:
+        raise UserError(f"-data_path {root}: no {'train' if tr is None else 'test'}/ folder "
+                        f"(expected {LAYOUT})")
+    if os.path.isfile(os.path.join(tr, "train_data.npy")):
+        srcs = {"train": NpyGaitSamples(tr, "train"), "test": NpyGaitSamples(te, "test")}
+        ids = [v.item() if hasattr(v, "item") else v for s in srcs.values() for v in s.targets]
+        mapping = map_person_ids(ids, root)
+        items = {k: [(k, i, mapping[v.item() if hasattr(v, "item") else v])
+                     for i, v in enumerate(s.targets)] for k, s in srcs.items()}
+        return items["train"], items["test"], GaitLoader(srcs)
+    for d in (tr, te):
+        for c in sorted(os.listdir(d)):
+            sub = os.path.join(d, c)
+            if os.path.isdir(sub) and any(f.lower().endswith(".txt") for f in os.listdir(sub)):
+                raise UserError(f"{sub}: holds the released text files; convert them once with "
+                                f"'python3 -m datasets.prepare gait --raw {root} --out OUT' and "
+                                f"pass -data_path OUT")
+    trc, tec = class_folders(tr, (".npz",), LAYOUT), class_folders(te, (".npz",), LAYOUT)
+    mapping = map_person_ids(list(trc) + list(tec), root)
+    items = lambda d: [("npz", f, mapping[c]) for c in sorted(d, key=natural_key) for f in d[c]]
+    return items(trc), items(tec), GaitLoader()
+
+
+def build(args):
+    """(train_set, test_set) for -dataset gait_day / gait_night."""
+    train_items, test_items, load = gait_items(args.data_path)
+    load(train_items[0])
+    common = frame_kwargs(args, SENSOR)
+    common["interval_scaling"] = False          # the reference gait reader ignores it
+    mode = getattr(args, "gait_eventdrop", "reference")
+    drop = None if mode == "off" else EventDrop(mode, SENSOR, args.ds)
+    train = EventFrameDataset(train_items, load, train=True, augment=args.augment,
+                              window_policy="gait", event_transform=drop, **common)
+    test = EventFrameDataset(test_items, load, train=False, clip=args.clip, **common)
+    return train, test

@@ -1,0 +1,110 @@
+"""``-dataset gesture_sj``: DVS128 Gesture frames made by spikingjelly 0.0.0.0.12, as in the second
+row of the paper's table (FORMATS.md (b), end):
+``DVS128Gesture(root, train, data_type='frame', frames_number=T, split_by='number')``.
+
+-data_path is spikingjelly's root. It must already hold either
+
+    ROOT/events_np/{train,test}/<0..10>/*.npz          (spikingjelly's converted events), or
+    ROOT/download/{DvsGesture.tar.gz, gesture_mapping.csv, LICENSE.txt, README.txt}
+
+(spikingjelly cannot download this dataset; ``python3 -m datasets.prepare gesture_sj --raw
+DvsGesture --out ROOT`` writes events_np/ from the extracted release). spikingjelly then writes
+ROOT/frames_number_<T>_split_by_number/ itself on first use.
+
+Frames are passed through as the reference did: spikingjelly's [T, 2, H, W] arrays whose element
+[j, p, y, x] counts the events of the j-th equal-count slice -- i.e. the spatial axes are (y, x),
+transposed with respect to this project's [T, 2, X, Y] frames; the reference fed them to the
+network unchanged, and so does this reader. Labels are spikingjelly's: torchvision's DatasetFolder
+sorts the class folders as strings ('0', '1', '10', '2', ...), so folder 10 gets label 2 and
+folders 2..9 get 3..10 -- a consistent relabelling of train and test, also kept as is.
+Training items are [T, 2, 128/ds, 128/ds], test items [1, T, 2, 128/ds, 128/ds] (-clip is 1);
+-ds > 1 sums ds x ds blocks, -is_spike / -interval_scaling apply as for the other datasets.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+
+from .events import postprocess
+
+SENSOR = (128, 128)
+DOWNLOAD_FILES = ("DvsGesture.tar.gz", "gesture_mapping.csv", "LICENSE.txt", "README.txt")
+
+
+def check_root(root: str) -> None:
+    events_np = os.path.join(root, "events_np")
+    if os.path.isdir(os.path.join(events_np, "train")) and os.path.isdir(os.path.join(events_np, "test")):
+        return
+    if os.path.isdir(events_np):
+        raise UserError(f"{events_np}: exists but lacks train/ and test/ (a spikingjelly conversion "
+                        f"that was interrupted? delete it and rerun)")
+    download = os.path.join(root, "download")
+    missing = [f for f in DOWNLOAD_FILES if not os.path.isfile(os.path.join(download, f))]
+    if missing:
+        raise UserError(
+            f"-data_path {root}: spikingjelly's DVS128 Gesture files are missing: expected "
+            f"{events_np}/{{train,test}}/ or {download}/ with {', '.join(DOWNLOAD_FILES)} "
+            f"(missing {', '.join(missing)}). Download the release from IBM by hand, or run "
+            f"'python3 -m datasets.prepare gesture_sj --raw DvsGesture --out {root}'")
+
+
+class SJGestureFrames(Dataset):
+    """spikingjelly's frame dataset -> (float32 tensor, label); test items get a clip axis of 1."""
+
+    def __init__(self, sj, train: bool, ds: int, is_spike: bool, interval_scaling: bool):
+        self.sj, self.train, self.ds = sj, train, ds
+        self.is_spike, self.interval_scaling = is_spike, interval_scaling
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.sj)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def labels(self) -> list[int]:
+        return [int(t) for _, t in self.sj.samples]
+
+    def __getitem__(self, i):
+        frames, label = self.sj[i]
+        frames = np.asarray(frames, dtype=np.float32)
+        if self.ds > 1:
+            T, C, H, W = frames.shape
+            frames = frames.reshape(T, C, H // self.ds, self.ds, W // self.ds, self.ds).sum((3, 5))
+        frames = postprocess(frames, self.is_spike, self.interval_scaling)
+        if not self.train:
+            frames = frames[None]
+        return torch.from_numpy(np.ascontiguousarray(frames)), int(label)
+
+
+def build(args):
+    """(train_set, test_set) for -dataset gesture_sj."""
+    root = args.data_path
+    check_root(root)
+    ds = int(args.ds)
+    if SENSOR[0] % ds:
+        raise UserError(f"-ds {ds}: gesture_sj frames are 128x128, -ds must divide 128")
+    if int(getattr(args, "clip", 1)) != 1:
+        raise UserError(f"-clip {args.clip}: gesture_sj test items are whole recordings (use -clip 1)")
+    from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
+    sets = []
+    for train in (True, False):
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(log):
+                sj = DVS128Gesture(root, train=train, data_type="frame", frames_number=int(args.T),
+                                   split_by="number")
+        except (NotImplementedError, FileNotFoundError, RuntimeError, OSError, AssertionError) as e:
+            raise UserError(f"-data_path {root}: spikingjelly could not open DVS128 Gesture "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        if len(sj) == 0:
+            raise UserError(f"-data_path {root}: spikingjelly found no {'train' if train else 'test'} samples")
+        sets.append(SJGestureFrames(sj, train, ds, bool(args.is_spike), bool(args.interval_scaling)))
+    return sets[0], sets[1]
