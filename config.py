@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "event-camera data, logging accuracy and NASFR (network average spike firing "
                     "rate) every epoch. Defaults reproduce the authors' code (SPEC.md); a dataset "
                     "preset fills in what a flag leaves unset.",
+        epilog="Several processes: torchrun --nproc_per_node=N train_test.py ... (DistributedDataParallel, "
+               "NCCL on GPUs, Gloo on CPU). -batch_size_train is the global batch, split over the "
+               "processes; -batch_size_test is the size of one test forward pass, whole test batches "
+               "are dealt to the processes; metrics and NASFR are summed over all processes; only "
+               "rank 0 prints and writes. Details: utils/distributed.py.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     d = p.add_argument_group("data")
@@ -84,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint (this project's or an authors' state_dict)")
 
     t = p.add_argument_group("training")
-    t.add_argument("-batch_size_train", type=int, default=32, help="training batch size")
+    t.add_argument("-batch_size_train", type=int, default=32,
+                   help="training batch size (the global batch: torchrun splits it over the processes)")
     t.add_argument("-batch_size_test", type=int, default=4,
                    help="test batch size in samples; each forward pass holds this many x -clip clips")
     t.add_argument("-num_epochs", type=int, default=200, help="epochs (also the cosine period T_0)")
@@ -94,13 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     _bool_flag(t, "-amp", False, "CUDA automatic mixed precision (off by default: it can change results)")
     _bool_flag(t, "-eval_only", False, "only evaluate -pretrained_path on the test set (writes eval.json)")
+    t.add_argument("-resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue a run from its last.pth: '-resume RUN_DIR' (the run folder; "
+                        "RUN_DIR/last.pth works too), or '-resume -name RUN' for -modelPath/RUN. "
+                        "The run's own settings are used (flags "
+                        "typed now must agree with them, except -device, -num_work, -data_path, "
+                        "-deterministic, -sync_bn); model, optimizer, epoch, best accuracy, "
+                        "random-generator states and metrics.csv continue where the checkpoint was "
+                        "written (metrics.csv rows newer than it are dropped and recomputed), so the "
+                        "finished run equals an uninterrupted one with the same seed (bitwise on CPU "
+                        "with the same thread and process count)")
+    _bool_flag(t, "-deterministic", False,
+               "seed everything and ask PyTorch for deterministic algorithms (cuDNN deterministic, no "
+               "benchmark, torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); prints what "
+               "cannot be made deterministic on this device. Seeds are always set")
+    _bool_flag(t, "-sync_bn", True,
+               "with several CUDA processes (torchrun), use SyncBatchNorm: batch statistics over the "
+               "global batch, as in a one-GPU run. PyTorch has no CPU SyncBatchNorm: on CPU each "
+               "process normalises with its own part of the batch")
 
     o = p.add_argument_group("output")
     o.add_argument("-modelPath", default="runs", metavar="DIR",
                    help="parent folder of run folders (metrics.csv, config.json, checkpoints)")
     o.add_argument("-name", default=None,
                    help="run folder name (default: <dataset>_<arch>_<attention>_T<T>_seed<seed>_<time>); "
-                        "an existing folder is never overwritten")
+                        "an existing folder is never overwritten (continue one with -resume)")
     return p
 
 
@@ -117,7 +141,7 @@ def _explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
     return set(vars(ns))
 
 
-def resolve(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
+def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argparse.Namespace:
     """Fill dataset presets into flags the user left unset, derive sizes, validate."""
     info = DATASETS[args.dataset]
     for k, v in info.defaults.items():
@@ -131,7 +155,89 @@ def resolve(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
     args.augment = args.is_train_Enhanced
     args.frame_size = frame_shape(args.sensor_size, args.ds) if args.sensor_size and args.ds >= 1 else None
     args.explicit = sorted(explicit)
+    if args.resume is not None:
+        args = resume_config(args, explicit, parser or build_parser())
+        info = DATASETS[args.dataset]
     validate(args, info)
+    return args
+
+
+# Flags a resumed run may change: they do not change what is computed (only where or how fast).
+RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn"}
+# Settings derived from the data or flags that the checkpoint's config records.
+RESUME_DERIVED = ("num_classes", "sensor_size", "augment", "frame_size", "dt")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a)))
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def resume_run_dir(args, explicit) -> str:
+    if args.resume is True:
+        if not args.name:
+            raise UserError("-resume needs the run to continue: -resume RUN_DIR, or -resume -name RUN "
+                            "(looked up under -modelPath)")
+        return os.path.join(args.modelPath, args.name)
+    path = str(args.resume)
+    if os.path.isfile(path):                      # -resume RUN_DIR/last.pth names the folder too
+        path = os.path.dirname(os.path.abspath(path))
+    if "name" in explicit and os.path.basename(os.path.normpath(path)) != args.name:
+        raise UserError(f"-resume {args.resume} and -name {args.name} name different runs; give one of them")
+    return path
+
+
+def resume_config(args, explicit, parser):
+    """The configuration of the run to continue: its checkpoint's, with the free flags typed now."""
+    from utils.checkpoint import FORMAT, load_checkpoint     # torch only when resuming
+
+    if args.eval_only:
+        raise UserError("-resume continues training; it cannot be combined with -eval_only")
+    if "pretrained_path" in explicit:
+        raise UserError("-resume takes the weights from the run's last.pth; drop -pretrained_path")
+    run_dir = resume_run_dir(args, explicit)
+    if not os.path.isdir(run_dir):
+        raise UserError(f"-resume {run_dir}: no such run folder")
+    path = os.path.join(run_dir, "last.pth")
+    if not os.path.isfile(path):
+        raise UserError(f"-resume {run_dir}: no checkpoint (last.pth) in it: the run ended before its "
+                        f"first epoch finished; nothing to resume, start it again")
+    ckpt = load_checkpoint(path, "-resume")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config"), dict) \
+            or ckpt.get("rng") is None:
+        raise UserError(f"-resume {path}: not a resumable checkpoint of this version (expected format "
+                        f"{FORMAT} with optimizer and random-generator states)")
+    cfg = ckpt["config"]
+    dests = {a.dest for a in parser._actions} - {"help", "resume", "modelPath", "name"}
+    for key in sorted(dests):
+        if key not in cfg:
+            continue
+        if key in explicit:
+            if key in RESUME_FREE:
+                continue
+            if key == "pretrained_path":
+                continue
+            if not _same(getattr(args, key), cfg[key]):
+                raise UserError(f"-resume {run_dir}: the run was started with -{key} {cfg[key]}, this "
+                                f"command has -{key} {getattr(args, key)}; drop -{key} (the run's own "
+                                f"settings are used) or start a new run")
+        setattr(args, key, cfg[key])
+    for key in RESUME_DERIVED:
+        if key in cfg:
+            v = cfg[key]
+            setattr(args, key, tuple(v) if isinstance(v, list) else v)
+    args.pretrained_path = None              # the weights come from last.pth
+    args.eval_only = False
+    args.run_dir = os.path.abspath(run_dir)
+    args.resume = args.run_dir
+    args.resume_checkpoint = path
+    args.modelPath, args.name = os.path.split(args.run_dir)
     return args
 
 
@@ -174,4 +280,4 @@ def parse_args(argv=None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    return resolve(args, _explicit_flags(parser, argv))
+    return resolve(args, _explicit_flags(parser, argv), parser)

@@ -43,7 +43,17 @@ def autocast(device: torch.device, enabled: bool):
 
 
 def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int = 0,
-                    amp: bool = False, scaler=None, progress: bool = True) -> dict:
+                    amp: bool = False, scaler=None, progress: bool = True, plan=None,
+                    world_size: int = 1, all_finite=None) -> dict:
+    """One epoch; returns this process's raw sums {'sums': [loss_sum, correct, seen]} (float64).
+
+    Several processes (DistributedDataParallel): ``plan`` lists per step (samples of this rank
+    that count, samples of the global batch) (utils/loaders.ShardedBatchSampler.plan). The rank's
+    mean loss is weighted by world_size * counted / global, so DDP's gradient average equals the
+    gradient of the mean loss over the global batch whatever the split; a stand-in sample
+    (counted = 0) gets weight 0 and is left out of the sums. ``all_finite(bool) -> bool`` tells
+    whether the loss is finite on every rank, so all ranks stop at the same batch. In a single
+    process the weight is 1 and the loss is used as it is."""
     net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -52,22 +62,30 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
     for b, (x, y) in enumerate(bar):
         x = x.to(device, non_blocking=True).float()
         y = y.to(device, non_blocking=True)
+        counted, global_n = plan[b] if plan is not None else (len(y), len(y))
         with autocast(device, amp):
             logits = _logits(net(x))
             loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch {b}")
+        finite = bool(torch.isfinite(loss))
+        if all_finite is not None:
+            finite = all_finite(finite)
+        if not finite:
+            raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at epoch {epoch} "
+                                f"(0-based, as in metrics.csv), batch {b}")
+        weight = world_size * counted / global_n
+        train_loss = loss if weight == 1 else loss * weight
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(train_loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            train_loss.backward()
             optimizer.step()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
+        if counted:
+            loss_sum += loss.detach().double() * counted
+            correct += (logits.detach()[:counted].argmax(1) == y[:counted]).sum()
+            seen += counted
         if progress:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])}

@@ -1,8 +1,33 @@
-"""DataLoaders whose order depends only on (seed, epoch): reproducible and resumable."""
+"""DataLoaders whose order depends only on (seed, epoch): reproducible, resumable, shardable.
+
+Training: one permutation per epoch from a generator seeded with (seed, epoch); consecutive
+slices of ``-batch_size_train`` indices are the global batches (the last one may be smaller: no
+sample is dropped or repeated). With several processes each global batch is split into
+near-equal contiguous parts, part r going to rank r, so the ranks see disjoint samples and the
+union of a step over the ranks is exactly the batch a single process sees. When the last global
+batch has fewer samples than there are ranks, a rank left without a sample receives one sample of
+that batch as a stand-in: it runs forward and backward with loss weight 0 (no gradient, not counted
+in any metric) so that every rank takes part in the step's gradient all-reduce. Rank 0 always gets
+the first part, so the stand-in never touches the BatchNorm running statistics that are kept (rank
+0's); with SyncBatchNorm (CUDA) it does enter that one step's batch statistics.
+
+Test: batches of ``-batch_size_test`` samples in dataset order, dealt round-robin (batch k to rank
+k % world): every sample is evaluated once, in the same forward-pass group as in one process.
+"""
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+from utils.distributed import split_sizes
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
 
 class EpochShuffle(Sampler):
@@ -15,19 +40,81 @@ class EpochShuffle(Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(epoch_permutation(self.n, self.seed, self.epoch))
 
     def __len__(self):
         return self.n
 
 
-def make_loaders(args, train_set, test_set, device: torch.device):
+class ShardedBatchSampler(Sampler):
+    """Global batches of an (seed, epoch) permutation, split over ``world`` ranks (see module doc).
+
+    Yields this rank's index list per step; ``plan()`` gives, per step, (samples of this rank that
+    count, samples of the global batch) for the loss weighting of utils/engine.py."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if n < 1:
+            raise ValueError("ShardedBatchSampler needs at least one sample")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def _steps(self):
+        order = epoch_permutation(self.n, self.seed, self.epoch)
+        for s in range(0, self.n, self.batch_size):
+            batch = order[s:s + self.batch_size]
+            sizes = split_sizes(len(batch), self.world)
+            start = sum(sizes[:self.rank])
+            mine = batch[start:start + sizes[self.rank]]
+            yield (mine if mine else batch[:1]), len(mine), len(batch)
+
+    def __iter__(self):
+        return (idx for idx, _, _ in self._steps())
+
+    def plan(self) -> list[tuple[int, int]]:
+        """[(counted samples on this rank, global batch size)] for every step of the epoch."""
+        return [(real, glob) for _, real, glob in self._steps()]
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+
+class ShardedTestBatches(Sampler):
+    """Test batches in dataset order, batch k to rank k % world."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+
+    def __iter__(self):
+        starts = range(0, self.n, self.batch_size)
+        for k, s in enumerate(starts):
+            if k % self.world == self.rank:
+                yield list(range(s, min(s + self.batch_size, self.n)))
+
+    def __len__(self):
+        batches = -(-self.n // self.batch_size)
+        return len(range(self.rank, batches, self.world))
+
+
+def _seed_worker(worker_id: int):
+    """Workers get python/numpy seeds derived from torch's per-worker seed (itself from the
+    loader's base seed, drawn from the seeded global generator). The datasets draw their own
+    randomness from (seed, epoch, index), so this only guards third-party transforms."""
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def make_loaders(args, train_set, test_set, device: torch.device, rank: int = 0, world: int = 1):
+    """(train loader, test loader, train batch sampler). With world = 1 the batches are those of
+    DataLoader(sampler=EpochShuffle, batch_size=B, drop_last=False)."""
     pin = device.type == "cuda"
-    common = dict(num_workers=args.num_work, pin_memory=pin,
+    common = dict(num_workers=args.num_work, pin_memory=pin, worker_init_fn=_seed_worker,
                   persistent_workers=False, prefetch_factor=2 if args.num_work > 0 else None)
-    train_sampler = EpochShuffle(len(train_set), args.seed)
-    train = DataLoader(train_set, batch_size=args.batch_size_train, sampler=train_sampler,
-                       drop_last=False, **common)
-    test = DataLoader(test_set, batch_size=args.batch_size_test, shuffle=False, **common)
+    train_sampler = ShardedBatchSampler(len(train_set), args.batch_size_train, args.seed, rank, world)
+    train = DataLoader(train_set, batch_sampler=train_sampler, **common)
+    test = DataLoader(test_set, batch_sampler=ShardedTestBatches(len(test_set), args.batch_size_test, rank, world),
+                      **common)
     return train, test, train_sampler
