@@ -43,6 +43,78 @@ class HeldDropout(nn.Module):
         return x * F.dropout(torch.ones_like(x[:, :1]), self.p, training=True)
 
 
+class _LeanAvgPool(torch.autograd.Function):
+    """k x k average pool (stride k, no padding, floor mode) of [B, C, H, W] that saves nothing.
+
+    nn.AvgPool2d keeps its full-size input alive for backward only to read its shape; here the
+    backward spreads grad/(k*k) over each window directly (the same value PyTorch computes),
+    which frees the block's largest activation early."""
+
+    @staticmethod
+    def forward(ctx, x, k: int):
+        ctx.k, ctx.shape = k, x.shape
+        return F.avg_pool2d(x, k)
+
+    @staticmethod
+    def backward(ctx, g):
+        k, (B, C, H, W) = ctx.k, ctx.shape
+        ho, wo = g.shape[2], g.shape[3]
+        g = (g / (k * k))[:, :, :, None, :, None].expand(B, C, ho, k, wo, k).reshape(B, C, ho * k, wo * k)
+        if ho * k != H or wo * k != W:                        # rows/cols the floor mode dropped
+            g = F.pad(g, (0, W - wo * k, 0, H - ho * k))
+        return g, None
+
+
+class _LeanMaxPool(torch.autograd.Function):
+    """k x k max pool (stride k, floor mode) of [B, C, H, W] saving a 1-byte window offset.
+
+    nn.MaxPool2d saves its input and int64 indices (1.5x the input's size); this saves, per
+    output, which of the k*k window cells won (uint8), and rebuilds the same indices in backward,
+    so gradients are identical (windows do not overlap, so routing = scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, k: int):
+        out, idx = F.max_pool2d(x, k, return_indices=True)
+        W = x.shape[3]
+        offset = ((idx // W) % k) * k + (idx % W) % k
+        ctx.save_for_backward(offset.to(torch.uint8))
+        ctx.k, ctx.shape = k, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (offset,) = ctx.saved_tensors
+        k, (B, C, H, W) = ctx.k, ctx.shape
+        ho, wo = g.shape[2], g.shape[3]
+        dev = g.device
+        base = (torch.arange(ho, device=dev)[:, None] * (k * W) + torch.arange(wo, device=dev) * k)
+        offset = offset.long()
+        idx = base + (offset // k) * W + offset % k                            # [B, C, ho, wo]
+        grad = torch.zeros((B, C, H * W), dtype=g.dtype, device=dev)
+        grad.scatter_(2, idx.view(B, C, -1), g.reshape(B, C, -1))
+        return grad.view(B, C, H, W), None
+
+
+class LeanAvgPool2d(nn.AvgPool2d):
+    """nn.AvgPool2d(k) (stride k) whose backward does not keep the input alive."""
+
+    def __init__(self, k: int):
+        super().__init__(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _LeanAvgPool.apply(x, self.kernel_size)
+
+
+class LeanMaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d(k) (stride k) saving 1 byte per output for backward instead of 12+ bytes."""
+
+    def __init__(self, k: int):
+        super().__init__(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _LeanMaxPool.apply(x, self.kernel_size)
+
+
 def dropout_pair(p: float, active: bool) -> Tuple[nn.Module, nn.Module]:
     """(input dropout with a mask per time step, output dropout held over time) or identities."""
     if not active:
@@ -69,7 +141,7 @@ class ConvAttLIF(nn.Module):
         self.drop_in, self.drop_out = dropout_pair(p, dropout)
         self.conv = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=True))
         self.bn = nn.Sequential(nn.BatchNorm2d(out_ch))
-        self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        self.pool = LeanAvgPool2d(pool) if pool > 1 else nn.Identity()
         self.attn = attn
         self.spike = nn.Sequential(LIF(fused=fused))
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .lif_snn import make_attention
+from .lif_snn import LeanAvgPool2d, LeanMaxPool2d, make_attention
 from .module.neurons import LIFNode, PLIF
 
 NEURONS = {"plif": PLIF, "lif": LIFNode}
@@ -56,7 +56,7 @@ class FramePool(nn.Module):
 
     def __init__(self, kind: str):
         super().__init__()
-        self.pool = nn.MaxPool2d(2) if kind == "max" else nn.AvgPool2d(2)
+        self.pool = LeanMaxPool2d(2) if kind == "max" else LeanAvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])

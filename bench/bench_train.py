@@ -1,0 +1,178 @@
+"""Training-step benchmark: fused (shipped) vs reference-style step, with and without the allocator fix.
+
+    python3 bench/bench_train.py            # arch A + ASA (T 60, 32x32) and arch B + ASA (T 20, 128x128)
+    python3 bench/bench_train.py --quick    # fewer steps; arch B fused only
+    python3 bench/bench_train.py --only A   # one architecture
+
+Every configuration runs in a fresh subprocess, so peak resident memory (ru_maxrss) and the
+allocator setting (utils/memory.keep_freed_memory, which train_test.py applies at start) do not mix.
+Per configuration it prints: median step time after warm-up (forward + MSE + backward + Adam, batch
+8), samples/s, peak RSS, FLOPs of one step counted by torch.utils.flop_counter.FlopCounterMode
+(every aten conv/matmul of forward and backward, ASA's small convs included; elementwise work is
+not counted), the achieved GFLOP/s, and the plain float32 matmul GFLOP/s (2048^3, median of 5) measured
+in the same subprocess just before the steps. The data pipeline's clips/s (bench_data.py) follows.
+Timings on a shared machine are noisy: the load average is printed before and after, and the CPU
+time of the process per step (user + system, all threads) is printed beside the wall time: with
+--threads 1 it is a load-independent measure of the work a step does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# (name, arch, variant, keep_freed_memory)
+CONFIGS = [
+    ("A fused, allocator fix", "A", "fused", True),
+    ("A fused, default allocator", "A", "fused", False),
+    ("A reference, default allocator", "A", "reference", False),
+    ("A reference, allocator fix", "A", "reference", True),
+    ("B fused, allocator fix", "B", "fused", True),
+    ("B reference, allocator fix", "B", "reference", True),
+]
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(ts) / 1e9
+
+
+def worker(arch: str, variant: str, keep: bool, steps: int, warmup: int, threads: int | None) -> dict:
+    """Runs in its own process: build, warm up (counting FLOPs on the first step), time ``steps``."""
+    if keep:
+        sys.path.insert(0, ROOT)
+        from utils.memory import keep_freed_memory
+        keep_freed_memory()
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    sys.path.insert(0, HERE)
+    from reference_step import CONFIGS as NETS, build_net, make_batch, make_step
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = build_net(arch, variant)
+    x, y = make_batch(NETS[arch]["T"], NETS[arch]["frame_size"], 8)
+    step = make_step(net, x, y)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(max(0, warmup - 1)):
+        step()
+    mm = matmul_gflops()
+    times, cpu = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    med = statistics.median(times)
+    return {"step_s": med, "steps_s": times, "cpu_s": statistics.median(cpu), "samples_per_s": 8 / med, "flops": flops,
+            "gflops": flops / med / 1e9, "matmul_gflops": mm, "threads": torch.get_num_threads(),
+            "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def run_config(arch, variant, keep, steps, warmup, threads, timeout) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", arch, variant, str(int(keep)),
+           "--steps", str(steps), "--warmup", str(warmup)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [""]
+        why = "killed (out of memory?)" if p.returncode < 0 else tail[0]
+        return {"error": f"exit {p.returncode}: {why}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def fmt(name: str, r: dict) -> str:
+    if "error" in r:
+        return f"{name:32s} {r['error']}"
+    return (f"{name:32s} step {r['step_s']:6.2f} s  {r['samples_per_s']:5.2f} samples/s  "
+            f"(CPU {r['cpu_s']:6.2f} s)  peak RSS {r['maxrss_gib']:5.2f} GiB  {r['flops'] / 1e9:5.0f} GFLOP/step  "
+            f"{r['gflops']:5.1f} GFLOP/s (matmul {r['matmul_gflops']:5.1f}, "
+            f"{r['gflops'] / r['matmul_gflops']:.2f}x)")
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed steps, no arch B reference")
+    p.add_argument("--only", choices=["A", "B"], help="benchmark one architecture")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 5, B 3)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first counts FLOPs)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--skip-b-reference", action="store_true",
+                   help="skip arch B's reference step (needs ~35-40 GiB; it is skipped anyway when "
+                        "the machine has less than 48 GiB)")
+    p.add_argument("--no-data", action="store_true", help="skip the data pipeline measurement")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    p.add_argument("--worker", nargs=3, metavar=("ARCH", "VARIANT", "KEEP"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.worker:
+        arch, variant, keep = a.worker
+        steps = a.steps or (3 if arch == "B" else 5)
+        print(json.dumps(worker(arch, variant, keep == "1", steps, a.warmup, a.threads)))
+        return
+
+    import torch
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{mem_gib:.0f} GiB RAM, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"load average before: {load()}")
+    results = {}
+    for name, arch, variant, keep in CONFIGS:
+        if a.only and arch != a.only:
+            continue
+        if arch == "B" and variant == "reference" and (a.quick or a.skip_b_reference or mem_gib < 48):
+            print(f"{name:32s} skipped (needs ~35-40 GiB; this machine has {mem_gib:.0f} GiB)")
+            continue
+        if a.quick:
+            steps, warmup = a.steps or 2, 1
+        else:
+            steps, warmup = a.steps or (3 if arch == "B" else 5), a.warmup
+        r = run_config(arch, variant, keep, steps, warmup, a.threads, a.timeout)
+        results[name] = r
+        print(fmt(name, r), flush=True)
+    ref, fused = results.get("A reference, default allocator"), results.get("A fused, allocator fix")
+    if ref and fused and "error" not in ref and "error" not in fused:
+        print(f"arch A speedup (fused + allocator fix vs reference, default allocator): "
+              f"{ref['step_s'] / fused['step_s']:.1f}x; peak RSS {fused['maxrss_gib']:.2f} vs "
+              f"{ref['maxrss_gib']:.2f} GiB")
+    if not a.no_data:
+        sys.path.insert(0, HERE)
+        import bench_data
+        d = bench_data.measure(repeat=5 if a.quick else 20)
+        print(bench_data.report(d))
+        if fused and "error" not in fused:
+            print(f"data vs arch A training: test clips produced {d['test_clips_per_s']:.0f}/s, "
+                  f"a training step consumes {fused['samples_per_s']:.1f} samples/s: "
+                  f"{d['test_clips_per_s'] / fused['samples_per_s']:.0f}x")
+    print(f"load average after: {load()}")
+
+
+if __name__ == "__main__":
+    main()
