@@ -255,7 +255,7 @@ def validate(args, info):
         bad(f"-ps must be 5 digits of 0/1 (conv1 conv2 conv3 fc1 fc2), got {args.ps!r}")
     if not 0 < args.lam < 1:
         bad(f"-lam must lie strictly between 0 and 1, got {args.lam}")
-    if args.attention == "ASA" and args.arch in ("A", "D") and args.T // args.reduction < 1:
+    if args.attention == "ASA" and args.arch in ("A", "D", "sew18") and args.T // args.reduction < 1:
         bad(f"-T {args.T} is not compatible with -reduction {args.reduction}: ASA's fc needs "
             f"T // reduction >= 1")
     if args.attention == "ASA" and int(args.T * args.lam) < 1:

@@ -28,7 +28,7 @@ DATASETS: dict[str, DatasetInfo] = {
         "synthetic", 10, (128, 128),
         "built-in procedurally generated DVS-like gestures (no download; default)",
         defaults=dict(T=8, dt=50, ds=8, clip=3, batch_size_train=16, batch_size_test=8,
-                      num_epochs=10, lr=1e-3, reduction=4, ps="00000"),
+                      num_epochs=12, lr=3e-4, reduction=4, ps="00000"),
         needs_path=False),
     "gesture": DatasetInfo("gesture", 11, (128, 128),
                            "DVS128 Gesture, per-sample hdf5 layout (DIR/train, DIR/test)"),

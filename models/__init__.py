@@ -115,3 +115,4 @@ def load_pretrained(net: nn.Module, path_or_state_dict: Union[str, os.PathLike, 
                          + "; ".join(p for p in problems if p))
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
     return net
+from . import sew_resnet  # noqa: E402,F401  registers "sew18" (must stay last: it uses register)

@@ -1,0 +1,236 @@
+"""final.sh and its collector: the row table against SPEC.md section 7, skipping absent data,
+not redoing finished runs, and the results table from hand-made run folders."""
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import config
+from utils import table
+from utils.table import ROW_BY_NAME, ROWS
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_ROWS = ["gesture", "gesture_sj", "gait_day", "gait_night", "action", "har_dvs", "recognition"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the rows against SPEC.md
+# ------------------------------------------------------------------------------------------------
+
+def spec_section7(spec: str) -> tuple[list[list[str]], list[list[str]]]:
+    """(paper table rows, authors' run settings rows) of SPEC.md section 7, as cell lists."""
+    sec = spec.split("## 7.")[1].split("\n## ")[0]
+    tables, cur = [], []
+    for line in sec.splitlines():
+        if line.startswith("|"):
+            cur.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif cur:
+            tables.append(cur)
+            cur = []
+    if cur:
+        tables.append(cur)
+    assert len(tables) == 2
+    return [r for r in tables[0][2:]], [r for r in tables[1][2:]]
+
+
+def expected_settings(cells: list[str]) -> dict:
+    """Flag values of one 'authors' run settings' row, with the SPEC's defaults filled in."""
+    row, arch, T, batch, clip, epochs, other = cells
+    train, test = batch.split("/")
+    exp = dict(arch=arch, T=int(T), batch_size_train=int(train), batch_size_test=int(test),
+               clip=int(clip), num_epochs=int(epochs), seed=0, lam=0.5, lr=1e-4, weight_decay=1e-4,
+               dt=15, ds=4)
+    flags = re.findall(r"-(\w+) (\S+)", other.split("(")[0])
+    for k, v in flags:
+        exp[k] = v if k == "ps" else float(v)
+    if row.startswith("action"):
+        exp["num_classes"] = 12          # SPEC: "use 12"
+    return exp
+
+
+def row_name(first_cell: str) -> str:
+    return first_cell.split(" ")[0]
+
+
+def resolved(row, tmp_path):
+    os.makedirs(tmp_path / "data", exist_ok=True)
+    return config.parse_args(row.flags.split() + ["-data_path", str(tmp_path / "data")])
+
+
+def test_rows_match_spec_settings(shared, tmp_path):
+    _, settings = spec_section7((shared / "SPEC.md").read_text())
+    names = [row_name(c[0]) for c in settings]
+    assert set(names) | {"har_dvs"} == set(PAPER_ROWS)
+    for cells in settings:
+        row = ROW_BY_NAME[row_name(cells[0])]
+        args = resolved(row, tmp_path)
+        for k, v in expected_settings(cells).items():
+            got = getattr(args, k)
+            assert (got == pytest.approx(v) if isinstance(v, float) else got == v), (row.name, k, got, v)
+    har = resolved(ROW_BY_NAME["har_dvs"], tmp_path)
+    assert (har.arch, har.num_classes, har.seed, har.lam) == ("sew18", 300, 0, 0.5)
+
+
+def test_paper_numbers_match_spec(shared):
+    paper_rows, _ = spec_section7((shared / "SPEC.md").read_text())
+    paper = table.read_paper()
+    keys = ["gesture", "gesture_sj", "gait_day", "gait_night", "action", "har_dvs"]
+    assert len(paper_rows) == len(keys)
+    for key, cells in zip(keys, paper_rows):
+        acc_no, nasfr_no = (float(x) for x in cells[-2].split("/"))
+        acc_asa, nasfr_asa = (float(x) for x in cells[-1].split("/"))
+        assert paper[key] == dict(acc_no=acc_no, nasfr_no=nasfr_no, acc_asa=acc_asa, nasfr_asa=nasfr_asa)
+
+
+def test_rows_parse_and_are_unique(tmp_path):
+    assert [r.name for r in ROWS if not r.demo] == PAPER_ROWS
+    assert len({r.name for r in ROWS}) == len(ROWS)
+    for row in ROWS:
+        argv = row.flags.split()
+        for forbidden in ("-attention", "-name", "-data_path", "-modelPath"):
+            assert forbidden not in argv          # final.sh adds these per run
+        assert "-seed" in argv and "-lam" in argv and "-num_epochs" in argv
+        if row.folder:
+            resolved(row, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# final.sh
+# ------------------------------------------------------------------------------------------------
+
+def run_final(tmp_path, *args, **env):
+    e = dict(os.environ, DATA_ROOT=str(tmp_path / "data"), RUNS_DIR=str(tmp_path / "runs"),
+             OUT_DIR=str(tmp_path / "out"), PYTHON=sys.executable, NMNIST_PATH="")
+    e.update(env)
+    return subprocess.run(["sh", str(ROOT / "final.sh"), *args], cwd=tmp_path, env=e,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_absent_data_is_skipped_with_notes(tmp_path):
+    (tmp_path / "data" / "gait_day").mkdir(parents=True)            # present but empty: still absent
+    r = run_final(tmp_path)
+    assert r.returncode == 0, r.stderr
+    notes = [l for l in r.stdout.splitlines() if l.startswith("-- skip")]
+    assert len(notes) == len(PAPER_ROWS)
+    for name, note in zip(PAPER_ROWS, notes):
+        assert f"skip {name}: no data in {tmp_path / 'data' / ROW_BY_NAME[name].folder}" in note
+        assert "datasets.prepare" in note
+    assert "--out " + str(tmp_path / "data" / "gesture") in notes[0]
+    assert "0 run(s) started" in r.stdout
+    assert not [p for p in (tmp_path / "runs").iterdir()]           # nothing ran
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert md.count("not run") == len(PAPER_ROWS) and "91.3 / 0.176" in md
+
+
+def test_subset_and_unknown_rows(tmp_path):
+    r = run_final(tmp_path, "gesture", "har_dvs")
+    assert [l.split(":")[0] for l in r.stdout.splitlines() if l.startswith("-- ")] == \
+        ["-- skip gesture", "-- skip har_dvs"]
+    bad = run_final(tmp_path, "gestur")
+    assert bad.returncode == 2 and "unknown row" in bad.stderr
+    assert "DATA_ROOT" in run_final(tmp_path, "-h").stdout
+
+
+def fake_run(folder: Path, accs, nasfrs, num_epochs=None, best=False):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"num_epochs": num_epochs or len(accs), "arch": "A"}))
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_nasfr",
+                    "fr_a", "epoch_seconds"])
+        for e, (a, n) in enumerate(zip(accs, nasfrs)):
+            w.writerow([e, 1e-3, 0.1, 50.0, 0.1, a, n, n, 1.0])
+    if best:
+        (folder / "best.pth").write_bytes(b"")
+
+
+def test_plan_skips_finished_runs_and_continues_unfinished(tmp_path):
+    (tmp_path / "data" / "gesture").mkdir(parents=True)
+    (tmp_path / "data" / "gesture" / "train").mkdir()
+    runs = tmp_path / "runs"
+    fake_run(runs / "gesture_no", [10, 20], [0.2, 0.1], num_epochs=2, best=True)    # finished
+    fake_run(runs / "gesture_ASA", [10], [0.2], num_epochs=200)                     # unfinished
+    env = {"DATA_ROOT": str(tmp_path / "data"), "RUNS_DIR": str(runs)}
+    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    assert items[0][0] == "NOTE" and "done already" in items[0][1]
+    # no checkpoint yet: started again from scratch (final.sh moves the folder aside first)
+    assert items[1][:4] == ["RESTART", "gesture", "ASA", "gesture_ASA"]
+    assert items[1][4] == str(tmp_path / "data" / "gesture")
+    # with a last.pth: continued with -resume
+    (runs / "gesture_ASA" / "last.pth").write_bytes(b"")
+    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    assert items[1][:4] == ["RUN", "gesture", "ASA", "gesture_ASA"] and items[1][6] == "resume"
+    # a folder holding a run with other settings is never touched
+    (runs / "gesture_ASA" / "config.json").write_text(json.dumps({"num_epochs": 200, "T": 30}))
+    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    assert items[1][0] == "NOTE" and "other settings" in items[1][1] and "-T 30" in items[1][1]
+    # and absent data wins over everything
+    items = table.plan([ROW_BY_NAME["gait_day"]], env)
+    assert len(items) == 1 and items[0][0] == "NOTE" and "skip gait_day" in items[0][1]
+
+
+# ------------------------------------------------------------------------------------------------
+# the collector
+# ------------------------------------------------------------------------------------------------
+
+def test_collector_on_hand_made_runs(tmp_path):
+    runs = tmp_path / "runs"
+    # best LIF-SNN epoch: 80.0 at epochs 1 and 2 -> the later one (NASFR 0.20)
+    fake_run(runs / "gesture_no", [50.0, 80.0, 80.0, 70.0], [0.30, 0.25, 0.20, 0.10])
+    fake_run(runs / "gesture_ASA", [60.0, 85.5, 84.0], [0.10, 0.05, 0.04], num_epochs=200)
+    fake_run(runs / "gait_day_ASA", [40.0], [0.3])
+    out = tmp_path / "out"
+    assert table.main([str(runs), "--out", str(out), "--no-energy"]) == 0
+    with open(out / "table.csv", newline="") as f:
+        recs = {r["row"]: r for r in csv.DictReader(f)}
+    assert set(recs) == {"gesture", "gait_day"}                  # rows with runs only
+    g = recs["gesture"]
+    assert float(g["acc_no"]) == 80.0 and float(g["nasfr_no"]) == 0.20 and g["best_epoch_no"] == "3"
+    assert float(g["acc_asa"]) == 85.5 and float(g["nasfr_asa"]) == 0.05
+    assert float(g["d_acc_pp"]) == pytest.approx(5.5)
+    assert float(g["d_nasfr_pct"]) == pytest.approx(-75.0)
+    assert float(g["paper_d_acc_pp"]) == pytest.approx(3.9)
+    assert float(g["paper_d_nasfr_pct"]) == pytest.approx((0.038 - 0.176) / 0.176 * 100, abs=1e-4)
+    assert g["epochs_no"] == "4/4" and g["epochs_asa"] == "3/200"
+    assert recs["gait_day"]["acc_no"] == "" and recs["gait_day"]["d_acc_pp"] == ""
+    md = (out / "table.md").read_text()
+    assert "| DVS128 Gesture | A | 4/4 · 3/200 | 80.0 / 0.200 | 85.5 / 0.050 | +5.5 pp / -75.0% |" in md
+    # every paper row, also those not run
+    assert table.main([str(runs), "--out", str(out), "--no-energy", "--all-paper-rows"]) == 0
+    assert (out / "table.md").read_text().count("not run") == len(PAPER_ROWS) - 2
+
+
+def test_collector_energy_columns(tmp_path):
+    from types import SimpleNamespace
+    from models import create_net
+    runs = tmp_path / "runs"
+    for att, rate in (("no", 0.4), ("ASA", 0.1)):
+        folder = runs / f"demo_synthetic_{att}"
+        args = SimpleNamespace(arch="A", T=2, attention=att, asa_mask="reference", reduction=1, lam=0.5,
+                               ps="00000", num_classes=3, frame_size=(4, 4), num_epochs=1)
+        folder.mkdir(parents=True)
+        torch.save({"model": create_net(args).state_dict(), "config": vars(args), "epoch": 0},
+                   folder / "best.pth")
+        (folder / "config.json").write_text(json.dumps({"num_epochs": 1, "arch": "A"}))
+        layers = ["ConvAttLIFs.0.spike.0", "ConvAttLIFs.1.spike.0", "ConvAttLIFs.2.spike.0",
+                  "FCs.0.spike.0", "FCs.1.spike.0"]
+        with open(folder / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch", "test_acc", "test_nasfr"] + [f"fr_{l}" for l in layers])
+            w.writerow([0, 50.0, rate] + [rate] * 5)
+    recs = table.collect(str(runs), [ROW_BY_NAME["demo_synthetic"]])
+    r = recs[0]
+    assert r["notes"] == ""
+    first = 2 * (64 * 4 * 4 * 2 * 9) * 4.6e-6                          # uJ, MAC every step
+    syn = lambda rate: first + rate * 2 * (128 * 4 * 4 * 64 * 9 + 128 * 2 * 2 * 128 * 9  # noqa: E731
+                                           + 128 * 1 * 1 * 256 + 256 * 3) * 0.9e-6
+    assert r["energy_no_uJ"] == pytest.approx(syn(0.4))
+    assert r["energy_asa_uJ"] == pytest.approx(syn(0.1) + r["energy_asa_part_uJ"])
+    assert r["energy_asa_part_uJ"] > 0
+    assert r["d_energy_pct"] == pytest.approx((r["energy_asa_uJ"] - r["energy_no_uJ"]) / r["energy_no_uJ"] * 100)

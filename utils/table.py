@@ -1,0 +1,415 @@
+"""The paper's rows (the one place they are written down) and the results-table collector.
+
+    python3 -m utils.table results/runs --out results/        # collect run folders -> table.md/.csv
+    python3 -m utils.table results/runs --out results/ --rows gesture gait_day
+    python3 -m utils.table --list                             # the rows and their flags
+    python3 -m utils.table --plan [--demo] [ROW ...]          # what final.sh will do (used by it)
+
+Each row of SPEC.md section 7 runs twice, as run folders ``<RUNS_DIR>/<row>_no`` (LIF-SNN) and
+``<RUNS_DIR>/<row>_ASA``. The collector reads each folder's metrics.csv: the best epoch is the one
+with the highest test accuracy (ties: the later epoch, as best.pth), its accuracy and its NASFR are
+reported; the energy per sample (utils/energy.py) comes from best.pth with that epoch's firing
+rates. Deltas: accuracy in percentage points (ASA - LIF-SNN), NASFR and energy in percent of the
+LIF-SNN value. The paper's numbers come from results/paper.csv.
+
+Environment read by ``--plan``: DATA_ROOT (each row's data is DATA_ROOT/<folder>), RUNS_DIR (default
+results/runs), NMNIST_PATH (the demo's optional N-MNIST row).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_CSV = os.path.join(ROOT, "results", "paper.csv")
+ATTENTIONS = ("no", "ASA")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str                 # row id; run folders are <name>_no and <name>_ASA
+    label: str                # what the table calls it
+    folder: str               # data: DATA_ROOT/<folder>; "" = built-in data; "$VAR" = that variable
+    prepare: str              # how to get the data there
+    flags: str                # train_test.py flags: the authors' settings (SPEC.md section 7)
+    demo: bool = False
+
+
+# The authors' run settings (SPEC.md section 7), every flag spelled out so that no preset or
+# default can change them. -attention, -data_path, -name and -modelPath are added per run.
+ROWS = (
+    Row("gesture", "DVS128 Gesture", "gesture",
+        "python3 -m datasets.prepare gesture --raw DvsGesture/ --out $DATA_ROOT/gesture",
+        "-dataset gesture -arch A -T 60 -dt 15 -ds 4 -batch_size_train 32 -batch_size_test 4 -clip 10 "
+        "-num_epochs 200 -lr 1e-4 -weight_decay 1e-4 -ps 00111 -reduction 4 -seed 0 -lam 0.5"),
+    Row("gesture_sj", "DVS128 Gesture (spikingjelly frames)", "gesture_sj",
+        "python3 -m datasets.prepare gesture_sj --raw DvsGesture/ --out $DATA_ROOT/gesture_sj",
+        "-dataset gesture_sj -arch B -T 20 -dt 1 -ds 1 -batch_size_train 8 -batch_size_test 4 -clip 1 "
+        "-num_epochs 200 -lr 1e-3 -weight_decay 0 -reduction 4 -seed 0 -lam 0.5"),
+    Row("gait_day", "DVS128 Gait-day", "gait_day",
+        "python3 -m datasets.prepare gait --raw DVS128-Gait-Day/ --out $DATA_ROOT/gait_day",
+        "-dataset gait_day -arch A -T 60 -dt 15 -ds 4 -batch_size_train 32 -batch_size_test 4 -clip 10 "
+        "-num_epochs 200 -num_classes 20 -lr 1e-4 -weight_decay 1e-4 -ps 00111 -reduction 4 -seed 0 -lam 0.5"),
+    Row("gait_night", "DVS128 Gait-night", "gait_night",
+        "python3 -m datasets.prepare gait --raw DVS128-Gait-Night/ --out $DATA_ROOT/gait_night",
+        "-dataset gait_night -arch D -T 60 -dt 15 -ds 4 -batch_size_train 32 -batch_size_test 8 -clip 10 "
+        "-num_epochs 100 -num_classes 20 -lr 1e-4 -weight_decay 1e-4 -ps 00111 -reduction 8 -seed 0 -lam 0.5"),
+    Row("action", "DailyAction-DVS", "action",
+        "put the DailyAction-DVS class folders (*.aedat) there; check: "
+        "python3 -m datasets.prepare action --raw $DATA_ROOT/action",
+        "-dataset action -arch B -T 36 -dt 120 -ds 2 -batch_size_train 4 -batch_size_test 1 -clip 10 "
+        "-num_epochs 100 -num_classes 12 -lr 1e-3 -weight_decay 0 -seed 0 -lam 0.5"),
+    # HAR-DVS is not in the authors' script: T, dt, ds, batch sizes, clip, lr follow this project's
+    # har_dvs preset; 100 epochs and -reduction 4 are this project's choice.
+    Row("har_dvs", "HAR-DVS (SEW-ResNet-18)", "har_dvs",
+        "python3 -m datasets.prepare har_dvs --raw HARDVS/ --out $DATA_ROOT/har_dvs",
+        "-dataset har_dvs -arch sew18 -T 10 -dt 100 -ds 4 -batch_size_train 16 -batch_size_test 4 -clip 3 "
+        "-num_epochs 100 -num_classes 300 -lr 1e-3 -weight_decay 0 -reduction 4 -seed 0 -lam 0.5"),
+    Row("recognition", "DVS action recognition (extra row)", "recognition",
+        "python3 -m datasets.prepare recognition --raw PAF/ --out $DATA_ROOT/recognition",
+        "-dataset recognition -arch B -T 36 -dt 120 -ds 2 -batch_size_train 4 -batch_size_test 1 -clip 10 "
+        "-num_epochs 200 -num_classes 10 -lr 1e-4 -weight_decay 0 -seed 0 -lam 0.5"),
+    # `sh final.sh demo`: the same pipeline, sized for about 10 minutes on 2 CPU cores.
+    Row("demo_synthetic", "synthetic DVS gestures (demo)", "",
+        "built in",
+        "-dataset synthetic -synthetic_train 400 -synthetic_test 100 -arch A -T 8 -dt 50 -ds 8 "
+        "-batch_size_train 16 -batch_size_test 8 -clip 3 -num_epochs 12 -lr 3e-4 -weight_decay 1e-4 "
+        "-ps 00000 -reduction 4 -seed 0 -lam 0.5", demo=True),
+    Row("demo_nmnist", "N-MNIST (demo, 1 epoch)", "$NMNIST_PATH",
+        "set NMNIST_PATH to the N-MNIST folder (Train/ and Test/; "
+        "check: python3 -m datasets.prepare nmnist --raw DIR)",
+        "-dataset nmnist -arch A -T 6 -dt 50 -ds 2 -batch_size_train 32 -batch_size_test 32 -clip 1 "
+        "-num_epochs 1 -lr 1e-3 -weight_decay 0 -ps 00000 -reduction 2 -seed 0 -lam 0.5", demo=True),
+)
+ROW_BY_NAME = {r.name: r for r in ROWS}
+
+
+def select_rows(names=None, demo: bool = False) -> list[Row]:
+    """The rows named (in table order), else all paper rows, or all demo rows for ``demo``."""
+    if names:
+        unknown = [n for n in names if n not in ROW_BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown row(s) {unknown}; rows: {', '.join(ROW_BY_NAME)}")
+        return [r for r in ROWS if r.name in names]
+    return [r for r in ROWS if r.demo == demo]
+
+
+def run_name(row: Row, attention: str) -> str:
+    return f"{row.name}_{attention}"
+
+
+# ------------------------------------------------------------------------------------------------
+# run folder status and final.sh's plan
+# ------------------------------------------------------------------------------------------------
+
+def read_metrics(folder: str) -> list[dict]:
+    path = os.path.join(folder, "metrics.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "")]
+
+
+def read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def run_status(folder: str) -> str:
+    """'absent', 'done' (every epoch logged and best.pth written) or 'partial'."""
+    if not os.path.isdir(folder):
+        return "absent"
+    rows, cfg = read_metrics(folder), read_config(folder)
+    epochs = cfg.get("num_epochs")
+    done_epochs = {int(r["epoch"]) for r in rows}
+    if epochs and len(done_epochs) >= int(epochs) and os.path.isfile(os.path.join(folder, "best.pth")):
+        return "done"
+    return "partial"
+
+
+def row_flag_values(flags: str) -> dict:
+    """{dest: value} of the flags typed in ``flags`` (parsed by train_test.py's own parser)."""
+    import config
+    parser = config.build_parser()
+    argv = shlex.split(flags)
+    ns = parser.parse_args(argv)
+    return {k: getattr(ns, k) for k in config._explicit_flags(parser, argv)}
+
+
+def settings_mismatch(folder: str, flags: str) -> list[str]:
+    """Flags of the row whose value differs from the run folder's config.json."""
+    cfg = read_config(folder)
+    if not cfg:
+        return []
+    out = []
+    for k, v in row_flag_values(flags).items():
+        have = cfg.get(k)
+        if have is None:
+            continue
+        same = (math.isclose(float(have), float(v)) if isinstance(v, (int, float)) and
+                not isinstance(v, bool) and isinstance(have, (int, float)) else str(have) == str(v))
+        if not same:
+            out.append(f"-{k} {have} (row: {v})")
+    return out
+
+
+def data_dir(row: Row, env) -> str | None:
+    """Where the row's data must be, or None when it needs none (the built-in dataset)."""
+    if not row.folder:
+        return None
+    if row.folder.startswith("$"):
+        return env.get(row.folder[1:], "")
+    return os.path.join(env.get("DATA_ROOT", "data"), row.folder)
+
+
+def _has_data(path: str) -> bool:
+    return bool(path) and os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))
+
+
+def plan(rows: list[Row], env) -> list[list[str]]:
+    """final.sh's work list. Each item is one of
+    ['NOTE', text], ['RUN', row, attention, run_name, data_dir or '', flags] (a new run), or the same
+    with a 7th item 'resume' to continue an unfinished run from its last.pth (train_test.py -resume);
+    ['RESTART', row, attention, run_name, data_dir, flags] for an unfinished run that has no
+    checkpoint yet (final.sh moves the old folder aside first)."""
+    runs_dir = env.get("RUNS_DIR", "results/runs")
+    out = []
+    for row in rows:
+        path = data_dir(row, env)
+        if path is not None and not _has_data(path):
+            where = f"${row.folder[1:]}" if row.folder.startswith("$") else path
+            out.append(["NOTE", f"skip {row.name}: no data in {where or '(unset)'} -- {row.prepare}"
+                        .replace("$DATA_ROOT", env.get("DATA_ROOT", "data"))])
+            continue
+        for att in ATTENTIONS:
+            name = run_name(row, att)
+            folder = os.path.join(runs_dir, name)
+            status = run_status(folder)
+            if status == "done":
+                out.append(["NOTE", f"done already: {folder} (delete it to run again)"])
+                continue
+            if status == "partial":
+                bad = settings_mismatch(folder, row.flags)
+                if bad:
+                    out.append(["NOTE", f"skip {name}: {folder} holds a run with other settings "
+                                        f"({'; '.join(bad)}); move it away to run this row"])
+                    continue
+                if not os.path.isfile(os.path.join(folder, "last.pth")):
+                    out.append(["RESTART", row.name, att, name, path or "", row.flags])
+                else:
+                    out.append(["RUN", row.name, att, name, path or "", row.flags, "resume"])
+                continue
+            out.append(["RUN", row.name, att, name, path or "", row.flags])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the collector
+# ------------------------------------------------------------------------------------------------
+
+def read_paper(path: str = PAPER_CSV) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        return {r["row"]: {k: float(v) for k, v in r.items() if k not in ("row", "label") and v != ""}
+                for r in csv.DictReader(f)}
+
+
+def summarise_run(folder: str, with_energy: bool = True) -> dict | None:
+    """Best epoch, its accuracy / NASFR, epochs done, and the energy of best.pth; None if no epoch."""
+    from utils.energy import best_row
+    rows = read_metrics(folder)
+    if not rows:
+        return None
+    best = best_row(rows)
+    cfg = read_config(folder)
+    out = {"acc": float(best["test_acc"]), "nasfr": float(best["test_nasfr"]),
+           "best_epoch": int(best["epoch"]) + 1, "epochs_done": len({int(r["epoch"]) for r in rows}),
+           "epochs": int(cfg.get("num_epochs") or 0), "arch": cfg.get("arch", ""),
+           "energy_uJ": None, "energy_asa_uJ": None, "sops": None, "energy_error": ""}
+    ckpt = os.path.join(folder, "best.pth")
+    if with_energy and os.path.isfile(ckpt):
+        from utils.energy import checkpoint_energy
+        rates = {k[3:]: float(v) for k, v in best.items() if k.startswith("fr_") and v != ""}
+        try:
+            rep = checkpoint_energy(ckpt, rates=rates)
+            out.update(energy_uJ=rep["total_uJ"], energy_asa_uJ=rep["asa_uJ"], sops=rep["sops"])
+        except Exception as e:                 # a broken checkpoint must not lose the table
+            out["energy_error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def _delta_pct(new, old):
+    return None if new is None or old in (None, 0) else (new - old) / old * 100.0
+
+
+def collect(runs_dir: str, rows: list[Row] | None = None, paper: dict | None = None,
+            with_energy: bool = True) -> list[dict]:
+    """One record per row: reproduced and paper numbers, deltas, energy.
+
+    ``rows`` None: every row with at least one run folder in ``runs_dir``."""
+    paper = read_paper() if paper is None else paper
+    if rows is None:
+        rows = [r for r in ROWS if any(os.path.isdir(os.path.join(runs_dir, run_name(r, a)))
+                                       for a in ATTENTIONS)]
+    records = []
+    for row in rows:
+        res = {a: summarise_run(os.path.join(runs_dir, run_name(row, a)), with_energy) for a in ATTENTIONS}
+        no, asa, p = res["no"] or {}, res["ASA"] or {}, paper.get(row.name, {})
+        rec = {"row": row.name, "label": row.label,
+               "arch": asa.get("arch") or no.get("arch") or _flag(row.flags, "-arch")}
+        for tag, r in (("no", no), ("asa", asa)):
+            rec[f"acc_{tag}"] = r.get("acc")
+            rec[f"nasfr_{tag}"] = r.get("nasfr")
+            rec[f"best_epoch_{tag}"] = r.get("best_epoch")
+            rec[f"epochs_{tag}"] = f"{r['epochs_done']}/{r['epochs']}" if r else None
+            rec[f"energy_{tag}_uJ"] = r.get("energy_uJ")
+            rec[f"sops_{tag}_M"] = None if r.get("sops") is None else r["sops"] / 1e6
+        rec["energy_asa_part_uJ"] = asa.get("energy_asa_uJ")
+        rec["d_acc_pp"] = None if rec["acc_no"] is None or rec["acc_asa"] is None else rec["acc_asa"] - rec["acc_no"]
+        rec["d_nasfr_pct"] = _delta_pct(rec["nasfr_asa"], rec["nasfr_no"])
+        rec["d_energy_pct"] = _delta_pct(rec["energy_asa_uJ"], rec["energy_no_uJ"])
+        for k in ("acc_no", "nasfr_no", "acc_asa", "nasfr_asa"):
+            rec[f"paper_{k}"] = p.get(k)
+        rec["paper_d_acc_pp"] = (None if p.get("acc_no") is None or p.get("acc_asa") is None
+                                 else p["acc_asa"] - p["acc_no"])
+        rec["paper_d_nasfr_pct"] = _delta_pct(p.get("nasfr_asa"), p.get("nasfr_no"))
+        rec["notes"] = "; ".join(x for x in (no.get("energy_error"), asa.get("energy_error")) if x)
+        records.append(rec)
+    return records
+
+
+def _flag(flags: str, name: str) -> str:
+    argv = shlex.split(flags)
+    return argv[argv.index(name) + 1] if name in argv else ""
+
+
+CSV_FIELDS = ["row", "label", "arch", "acc_no", "nasfr_no", "acc_asa", "nasfr_asa", "d_acc_pp",
+              "d_nasfr_pct", "paper_acc_no", "paper_nasfr_no", "paper_acc_asa", "paper_nasfr_asa",
+              "paper_d_acc_pp", "paper_d_nasfr_pct", "energy_no_uJ", "energy_asa_uJ",
+              "energy_asa_part_uJ", "d_energy_pct", "sops_no_M", "sops_asa_M", "best_epoch_no",
+              "best_epoch_asa", "epochs_no", "epochs_asa", "notes"]
+
+
+def _f(v, fmt, dash="–"):
+    return dash if v is None else format(v, fmt)
+
+
+def _pair(acc, nasfr):
+    return "–" if acc is None and nasfr is None else f"{_f(acc, '.1f')} / {_f(nasfr, '.3f')}"
+
+
+def _deltas(dacc, dnasfr):
+    return "–" if dacc is None and dnasfr is None else f"{_f(dacc, '+.1f')} pp / {_f(dnasfr, '+.1f')}%"
+
+
+def _epochs(rec):
+    vals = [rec["epochs_no"], rec["epochs_asa"]]
+    if all(v is None for v in vals):
+        return "not run"
+    return " · ".join(v or "–" for v in vals)
+
+
+def to_markdown(records: list[dict], runs_dir: str) -> str:
+    head = ("| row | arch | epochs (LIF · ASA) | LIF-SNN acc % / NASFR | + ASA acc % / NASFR | "
+            "Δ acc / Δ NASFR | paper LIF-SNN | paper + ASA | paper Δ | energy µJ/sample LIF-SNN | "
+            "+ ASA (of which ASA ops) | Δ energy |")
+    lines = ["# Results: reproduced vs the paper", "",
+             f"Collected from `{runs_dir}` on {datetime.datetime.now():%Y-%m-%d %H:%M} by "
+             f"`python3 -m utils.table`. Accuracy: best test accuracy over the epochs (clip vote); "
+             f"NASFR: at that epoch. Δ acc in percentage points (ASA − LIF-SNN), Δ NASFR and Δ energy "
+             f"in percent of the LIF-SNN value. Energy per test sample from best.pth and that epoch's "
+             f"firing rates (utils/energy.py: first layer MAC 4.6 pJ, spike-driven layers AC 0.9 pJ, "
+             f"ASA ops MAC). Epochs k/N: runs still going or stopped early.", "",
+             head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        en_asa = "–" if r["energy_asa_uJ"] is None else \
+            f"{r['energy_asa_uJ']:.2f} ({_f(r['energy_asa_part_uJ'], '.2f')})"
+        lines.append("| " + " | ".join([
+            r["label"], r["arch"], _epochs(r), _pair(r["acc_no"], r["nasfr_no"]),
+            _pair(r["acc_asa"], r["nasfr_asa"]), _deltas(r["d_acc_pp"], r["d_nasfr_pct"]),
+            _pair(r["paper_acc_no"], r["paper_nasfr_no"]), _pair(r["paper_acc_asa"], r["paper_nasfr_asa"]),
+            _deltas(r["paper_d_acc_pp"], r["paper_d_nasfr_pct"]), _f(r["energy_no_uJ"], ".2f"), en_asa,
+            _f(r["d_energy_pct"], "+.1f") + ("%" if r["d_energy_pct"] is not None else "")]) + " |")
+    notes = [f"- {r['label']}: {r['notes']}" for r in records if r["notes"]]
+    if notes:
+        lines += ["", "Notes:"] + notes
+    return "\n".join(lines) + "\n"
+
+
+def write_table(records: list[dict], out_dir: str, runs_dir: str) -> tuple[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    md, cs = os.path.join(out_dir, "table.md"), os.path.join(out_dir, "table.csv")
+    with open(md + ".tmp", "w") as f:
+        f.write(to_markdown(records, runs_dir))
+    os.replace(md + ".tmp", md)
+    with open(cs + ".tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in records:
+            w.writerow({k: ("" if r.get(k) is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
+                        for k in CSV_FIELDS})
+    os.replace(cs + ".tmp", cs)
+    return md, cs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m utils.table",
+                                description="Collect run folders into results/table.md and table.csv "
+                                            "(reproduced vs paper), or list / plan final.sh's rows.")
+    p.add_argument("runs_dir", nargs="?", help="folder holding <row>_no and <row>_ASA run folders")
+    p.add_argument("--out", default="results", help="where table.md and table.csv go (default results/)")
+    p.add_argument("--rows", nargs="+", metavar="ROW", help="only these rows (default: every row with runs)")
+    p.add_argument("--all-paper-rows", action="store_true",
+                   help="list every paper row, also those not run (final.sh does)")
+    p.add_argument("--no-energy", action="store_true", help="skip the energy columns (no checkpoint loading)")
+    p.add_argument("--list", action="store_true", help="print the rows and their flags")
+    p.add_argument("--plan", nargs="*", metavar="ROW", help="print final.sh's work list (one '|'-separated "
+                   "line per item) for these rows (default: the paper rows, or the demo rows with --demo)")
+    p.add_argument("--demo", action="store_true", help="with --plan: the demo rows")
+    a = p.parse_args(argv)
+    try:
+        if a.list:
+            for r in ROWS:
+                print(f"{r.name:<15} {'demo ' if r.demo else ''}data: {r.folder or '(built in)'}\n    {r.flags}")
+            return 0
+        if a.plan is not None:
+            for item in plan(select_rows(a.plan, a.demo), os.environ):
+                print("|".join(item))
+            return 0
+        if not a.runs_dir:
+            p.error("give RUNS_DIR (or --list / --plan)")
+        if not os.path.isdir(a.runs_dir):
+            raise ValueError(f"{a.runs_dir}: no such folder")
+        rows = select_rows(a.rows) if a.rows else \
+            ([r for r in ROWS if not r.demo] if a.all_paper_rows else None)
+        if a.all_paper_rows and a.rows:
+            rows = select_rows([r.name for r in ROWS if not r.demo] + a.rows)
+        records = collect(a.runs_dir, rows, with_energy=not a.no_energy)
+        if not records:
+            raise ValueError(f"{a.runs_dir}: no run folders named <row>_no or <row>_ASA "
+                             f"(rows: {', '.join(ROW_BY_NAME)})")
+        md, cs = write_table(records, a.out, a.runs_dir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(open(md).read(), end="")
+    print(f"wrote {md} and {cs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
