@@ -33,8 +33,8 @@ def test_training_run_writes_metrics_and_checkpoints(tmp_path):
         rates = [float(row[k]) for k in fr_cols]
         assert all(0 <= r <= 1 for r in rates) and 0 <= float(row["test_nasfr"]) <= 1
         assert min(rates) <= float(row["test_nasfr"]) <= max(rates)
-    assert float(rows[0]["lr"]) == float(rows[1]["lr"]) == 1e-3     # epochs 0 and 1 share the lr
     cfg = json.load(open(run / "config.json"))
+    assert float(rows[0]["lr"]) == float(rows[1]["lr"]) == cfg["lr"]    # epochs 0 and 1 share the lr
     assert cfg["T"] == 4 and cfg["num_classes"] == 10 and cfg["frame_size"] == [16, 16]
     last = torch.load(run / "last.pth", weights_only=True)
     best = torch.load(run / "best.pth", weights_only=True)
