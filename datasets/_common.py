@@ -52,11 +52,6 @@ def class_folders(split_dir: str, exts: tuple[str, ...], what: str) -> dict[str,
     return out
 
 
-def frame_kwargs(args, sensor_size) -> dict:
-    """Keyword arguments of EventFrameDataset shared by train and test sets."""
-    return dict(T=int(args.T), dt_us=int(round(float(args.dt) * 1000)), ds=int(args.ds),
-                sensor_size=tuple(sensor_size), is_spike=bool(args.is_spike),
-                interval_scaling=bool(args.interval_scaling), seed=int(args.seed))
 
 
 def set_geometry(args, num_classes: int | None, sensor_size) -> None:

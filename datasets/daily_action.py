@@ -25,8 +25,8 @@ import os
 
 from utils.errors import UserError
 
-from ._common import check_bounds, frame_kwargs, natural_key, set_geometry
-from .framed import EventFrameDataset
+from ._common import check_bounds, natural_key, set_geometry
+from .framed import train_test_sets
 from .readers import decode_davis, decode_dvs128, detect_aedat2_layout, read_aedat2
 
 CLASSES = ["climb", "stand", "jump", "fall", "sit", "get up", "walk", "run", "lift", "lie",
@@ -112,8 +112,4 @@ def build(args):
     set_geometry(args, None, sensor)
     load = ActionLoader(mode, sensor)
     load(train_items[0])
-    common = frame_kwargs(args, sensor)
-    train = EventFrameDataset(train_items, load, train=True, augment=args.augment,
-                              window_policy="action", **common)
-    test = EventFrameDataset(test_items, load, train=False, clip=args.clip, **common)
-    return train, test
+    return train_test_sets(args, sensor, (train_items, load), (test_items, load), "action")

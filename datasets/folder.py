@@ -16,13 +16,11 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from utils.errors import UserError
 
-from ._common import (check_bounds, class_folders, find_dir, frame_kwargs, natural_key,
+from ._common import (check_bounds, class_folders, find_dir, natural_key,
                       read_npz_events, set_geometry)
-from .framed import EventFrameDataset
+from .framed import train_test_sets
 
 LAYOUT = "DIR/train/<class>/*.npz and DIR/test/<class>/*.npz with arrays t, x, y, p"
 
@@ -90,11 +88,8 @@ def build(args):
     set_geometry(args, len(classes), sensor)
     load = NpzLoader(sensor)
     load(train_items[0])
-    common = frame_kwargs(args, sensor)
     # "recognition" policy: without -is_train_Enhanced a window starts at the first event, so
     # recordings with absolute timestamps do not give empty windows
-    train = EventFrameDataset(train_items, load, train=True, augment=args.augment,
-                              window_policy="recognition", **common)
-    test = EventFrameDataset(test_items, load, train=False, clip=args.clip, **common)
+    train, test = train_test_sets(args, sensor, (train_items, load), (test_items, load), "recognition")
     train.classes = test.classes = classes
     return train, test

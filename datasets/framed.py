@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .events import Events, postprocess, test_clip_frames, train_window_start, window_frames
+from .events import postprocess, test_clip_frames, train_window_start, window_frames
 
 
 class EventFrameDataset(Dataset):
@@ -52,3 +52,19 @@ class EventFrameDataset(Dataset):
             frames = test_clip_frames(ev, self.clip, self.T, self.dt, self.sensor_size, self.ds)
         frames = postprocess(frames, self.is_spike, self.interval_scaling)
         return torch.from_numpy(frames), int(label)
+
+
+def train_test_sets(args, sensor_size, train, test, window_policy: str, event_transform=None,
+                    interval_scaling: bool | None = None):
+    """The (train_set, test_set) pair every dataset's build(args) returns.
+
+    ``train`` and ``test`` are (items, load) pairs. Training items get RCS windows with
+    ``window_policy`` (and ``event_transform``), test items ``args.clip`` windows; both use the
+    frame settings of ``args``. ``interval_scaling`` overrides ``args.interval_scaling`` (gait)."""
+    common = dict(T=int(args.T), dt_us=int(round(float(args.dt) * 1000)), ds=int(args.ds),
+                  sensor_size=tuple(sensor_size), is_spike=bool(args.is_spike),
+                  interval_scaling=bool(args.interval_scaling if interval_scaling is None else interval_scaling),
+                  seed=int(args.seed))
+    return (EventFrameDataset(*train, train=True, augment=args.augment, window_policy=window_policy,
+                              event_transform=event_transform, **common),
+            EventFrameDataset(*test, train=False, clip=args.clip, **common))

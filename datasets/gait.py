@@ -25,10 +25,10 @@ import numpy as np
 
 from utils.errors import UserError
 
-from ._common import (check_bounds, class_folders, find_dir, frame_kwargs, natural_key,
+from ._common import (check_bounds, class_folders, find_dir, natural_key,
                       read_npz_events)
 from .events import Events, make_events
-from .framed import EventFrameDataset
+from .framed import train_test_sets
 
 SENSOR = (128, 128)
 NUM_CLASSES = 20
@@ -204,11 +204,7 @@ def build(args):
     """(train_set, test_set) for -dataset gait_day / gait_night."""
     train_items, test_items, load = gait_items(args.data_path)
     load(train_items[0])
-    common = frame_kwargs(args, SENSOR)
-    common["interval_scaling"] = False          # the reference gait reader ignores it
     mode = getattr(args, "gait_eventdrop", "reference")
     drop = None if mode == "off" else EventDrop(mode, SENSOR, args.ds)
-    train = EventFrameDataset(train_items, load, train=True, augment=args.augment,
-                              window_policy="gait", event_transform=drop, **common)
-    test = EventFrameDataset(test_items, load, train=False, clip=args.clip, **common)
-    return train, test
+    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), "gait",
+                           event_transform=drop, interval_scaling=False)   # the reference gait reader ignores it

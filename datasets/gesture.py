@@ -16,7 +16,7 @@ import numpy as np
 from utils.errors import UserError
 
 from .events import Events, make_events
-from .framed import EventFrameDataset
+from .framed import train_test_sets
 
 SENSOR = (128, 128)
 
@@ -53,9 +53,4 @@ def build(args):
     """(train_set, test_set) for -dataset gesture."""
     train_files, test_files = list_split(args.data_path, "train"), list_split(args.data_path, "test")
     read_sample(train_files[0])     # fail at start, with the file's name, if the layout is wrong
-    common = dict(T=args.T, dt_us=args.dt * 1000, ds=args.ds, sensor_size=SENSOR,
-                  is_spike=args.is_spike, interval_scaling=args.interval_scaling, seed=args.seed)
-    train = EventFrameDataset(train_files, read_sample, train=True, augment=args.augment,
-                              window_policy="gesture", **common)
-    test = EventFrameDataset(test_files, read_sample, train=False, clip=args.clip, **common)
-    return train, test
+    return train_test_sets(args, SENSOR, (train_files, read_sample), (test_files, read_sample), "gesture")

@@ -17,8 +17,8 @@ import re
 
 from utils.errors import UserError
 
-from ._common import check_bounds, frame_kwargs, read_npz_events
-from .framed import EventFrameDataset
+from ._common import check_bounds, read_npz_events
+from .framed import train_test_sets
 
 SENSOR = (346, 260)
 NUM_CLASSES = 300
@@ -70,8 +70,4 @@ def build(args):
     train_items = read_list(args.data_path, "train_label.txt", base)
     test_items = read_list(args.data_path, f"{test_list}_label.txt", base)
     load(train_items[0])
-    common = frame_kwargs(args, SENSOR)
-    train = EventFrameDataset(train_items, load, train=True, augment=args.augment,
-                              window_policy="recognition", **common)
-    test = EventFrameDataset(test_items, load, train=False, clip=args.clip, **common)
-    return train, test
+    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), "recognition")

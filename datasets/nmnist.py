@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from utils.errors import UserError
 
-from ._common import check_bounds, frame_kwargs
+from ._common import check_bounds
 from .folder import labelled_files, split_dirs
-from .framed import EventFrameDataset
+from .framed import train_test_sets
 from .readers import read_nmnist_bin
 
 SENSOR = (34, 34)
@@ -41,8 +41,4 @@ def build(args):
     """(train_set, test_set) for -dataset nmnist."""
     train_items, test_items = items(args.data_path)
     load(train_items[0])
-    common = frame_kwargs(args, SENSOR)
-    train = EventFrameDataset(train_items, load, train=True, augment=args.augment,
-                              window_policy="recognition", **common)
-    test = EventFrameDataset(test_items, load, train=False, clip=args.clip, **common)
-    return train, test
+    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), "recognition")

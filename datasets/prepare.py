@@ -255,7 +255,7 @@ def read_gait_text(path: str) -> np.ndarray:
 
 
 def prepare_gait(args, report: Report):
-    from .gait import LAYOUT, NpyGaitSamples, events_from_txyp, gait_items
+    from .gait import NpyGaitSamples, events_from_txyp, gait_items
     out = _need_out(args)
     tr, te = find_dir(args.raw, "train"), find_dir(args.raw, "test")
     if tr is None or te is None:

@@ -20,10 +20,10 @@ import numpy as np
 
 from utils.errors import UserError
 
-from ._common import check_bounds, class_folders, events_from_columns, frame_kwargs
+from ._common import check_bounds, class_folders, events_from_columns
 from .events import Events
 from .folder import split_dirs
-from .framed import EventFrameDataset
+from .framed import train_test_sets
 
 CLASSES = ["arm crossing", "turning around", "walking", "picking up", "throwing", "get-up",
            "jumping", "kicking", "sit-down", "waving"]
@@ -74,8 +74,4 @@ def build(args):
     train_items, test_items = items_of(train_dir), items_of(test_dir)
     load(train_items[0])
     policy = "last" if getattr(args, "recognition_window", "first") == "last" else "recognition"
-    common = frame_kwargs(args, SENSOR)
-    train = EventFrameDataset(train_items, load, train=True, augment=args.augment,
-                              window_policy=policy, **common)
-    test = EventFrameDataset(test_items, load, train=False, clip=args.clip, **common)
-    return train, test
+    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), policy)

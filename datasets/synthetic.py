@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .events import Events, make_events
-from .framed import EventFrameDataset
+from .framed import train_test_sets
 
 SENSOR = (128, 128)
 NUM_CLASSES = 10
@@ -124,10 +124,7 @@ class SyntheticRecordings:
 
 def build(args):
     """(train_set, test_set) for -dataset synthetic."""
-    common = dict(T=args.T, dt_us=int(args.dt * 1000), ds=args.ds, sensor_size=SENSOR,
-                  is_spike=args.is_spike, interval_scaling=args.interval_scaling, seed=args.seed)
-    train = EventFrameDataset(range(args.synthetic_train), SyntheticRecordings("train", args.synthetic_train),
-                              train=True, augment=args.augment, window_policy="gait", **common)
-    test = EventFrameDataset(range(args.synthetic_test), SyntheticRecordings("test", args.synthetic_test),
-                             train=False, clip=args.clip, **common)
-    return train, test
+    # "gait" policy: without -is_train_Enhanced a window starts at the first event
+    return train_test_sets(args, SENSOR,
+                           (range(args.synthetic_train), SyntheticRecordings("train", args.synthetic_train)),
+                           (range(args.synthetic_test), SyntheticRecordings("test", args.synthetic_test)), "gait")
