@@ -12,6 +12,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+import numpy as np
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -88,4 +93,33 @@ def create_dataset(args):
     args.sensor_size, args.frame_size; ``action -action_decode full``: the detected sensor size),
     so call it before building the network."""
     info = DATASETS[args.dataset]
-    return importlib.import_module(f"datasets.{info.module}").build(args)
+    train, test = importlib.import_module(f"datasets.{info.module}").build(args)
+    return (limit(train, getattr(args, "train_samples", 0), "-train_samples"),
+            limit(test, getattr(args, "test_samples", 0), "-test_samples"))
+
+
+class FixedSubset(Dataset):
+    """n samples of a dataset drawn at random once with a fixed seed (the same subset on every run
+    and machine; a random draw keeps the class shares whatever order the reader lists samples in).
+    Forwards set_epoch and the dataset's other attributes."""
+
+    def __init__(self, dataset, n: int):
+        self.dataset = dataset
+        self.indices = sorted(np.random.default_rng(0).permutation(len(dataset))[:n].tolist())
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+    def __getattr__(self, name):          # num_classes, classes, set_epoch, ...
+        if name in ("dataset", "indices") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def limit(dataset, n: int, flag: str):
+    if n < 0:
+        raise UserError(f"{flag} must be 0 (all) or a positive count, got {n}")
+    return FixedSubset(dataset, n) if 0 < n < len(dataset) else dataset

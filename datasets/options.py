@@ -6,6 +6,11 @@ Defaults reproduce the authors' code; each documented quirk has a named option t
 
 def add_dataset_arguments(group):
     """Flags that only some datasets read. Each one needs help text and a default."""
+    group.add_argument("-train_samples", type=int, default=0, metavar="N",
+                       help="use only N training samples, a fixed random subset (the same on every "
+                            "run; 0 = all; for quick runs, e.g. the demo)")
+    group.add_argument("-test_samples", type=int, default=0, metavar="N",
+                       help="use only N test samples, a fixed random subset (0 = all)")
     group.add_argument("-synthetic_train", type=int, default=600, metavar="N",
                        help="synthetic dataset: number of training recordings (default 600)")
     group.add_argument("-synthetic_test", type=int, default=200, metavar="N",

@@ -285,3 +285,21 @@ def test_event_drop_reference_and_fixed():
             assert d.x.max() - d.x.min() <= 128 * 0.95 + 1 and d.y.max() - d.y.min() <= 128 * 0.95 + 1
     out = ref(ev, int(t[0]), 10**9, np.random.default_rng(3))
     assert 0 < len(out) <= n and np.all(np.diff(out.t) >= 0)
+
+
+def test_train_and_test_samples_take_a_fixed_balanced_subset():
+    import collections
+
+    import config
+    from datasets import create_dataset
+    a = config.parse_args(["-train_samples", "200", "-test_samples", "30", "-synthetic_test", "100"])
+    tr, te = create_dataset(a)
+    assert (len(tr), len(te)) == (200, 30)
+    again, _ = create_dataset(config.parse_args(["-train_samples", "200"]))
+    assert tr.indices == again.indices and len(set(tr.indices)) == 200
+    counts = collections.Counter(tr.dataset.items[i] % 10 for i in tr.indices)
+    assert len(counts) == 10 and min(counts.values()) >= 10           # every class is there
+    tr.set_epoch(3)
+    assert tr.dataset.epoch == 3                                      # forwarded to the dataset
+    x, y = tr[0]
+    assert x.shape == (8, 2, 16, 16) and y == tr.dataset.items[tr.indices[0]] % 10

@@ -82,11 +82,12 @@ ROWS = (
         "-dataset synthetic -synthetic_train 400 -synthetic_test 100 -arch A -T 8 -dt 50 -ds 8 "
         "-batch_size_train 16 -batch_size_test 8 -clip 3 -num_epochs 12 -lr 3e-4 -weight_decay 1e-4 "
         "-ps 00000 -reduction 4 -seed 0 -lam 0.5", demo=True),
-    Row("demo_nmnist", "N-MNIST (demo, 1 epoch)", "$NMNIST_PATH",
+    Row("demo_nmnist", "N-MNIST (demo: 3000/1000 samples, 2 epochs)", "$NMNIST_PATH",
         "set NMNIST_PATH to the N-MNIST folder (Train/ and Test/; "
         "check: python3 -m datasets.prepare nmnist --raw DIR)",
         "-dataset nmnist -arch A -T 6 -dt 50 -ds 2 -batch_size_train 32 -batch_size_test 32 -clip 1 "
-        "-num_epochs 1 -lr 1e-3 -weight_decay 0 -ps 00000 -reduction 2 -seed 0 -lam 0.5", demo=True),
+        "-num_epochs 2 -lr 1e-3 -weight_decay 0 -ps 00000 -reduction 2 -seed 0 -lam 0.5 "
+        "-train_samples 3000 -test_samples 1000", demo=True),
 )
 ROW_BY_NAME = {r.name: r for r in ROWS}
 
