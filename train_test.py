@@ -21,7 +21,11 @@ import warnings
 
 from utils.memory import keep_freed_memory
 
-keep_freed_memory()     # before torch allocates anything
+try:
+    keep_freed_memory()     # before torch allocates anything; may re-execute once (utils/memory.py)
+except ValueError as e:     # a bad ASA_MALLOC value
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 import numpy as np
 import torch

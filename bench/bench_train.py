@@ -1,19 +1,22 @@
-"""Training-step benchmark: fused (shipped) vs reference-style step, with and without the allocator fix.
+"""Training-step benchmark: fused (shipped) vs reference-style step under the malloc policies.
 
     python3 bench/bench_train.py            # arch A + ASA (T 60, 32x32) and arch B + ASA (T 20, 128x128)
     python3 bench/bench_train.py --quick    # fewer steps; arch B fused only
     python3 bench/bench_train.py --only A   # one architecture
+    python3 bench/bench_train.py --policies thp,heap   # only these malloc policies
 
 Every configuration runs in a fresh subprocess, so peak resident memory (ru_maxrss) and the
-allocator setting (utils/memory.keep_freed_memory, which train_test.py applies at start) do not mix.
+malloc policy (utils/memory.keep_freed_memory, which train_test.py applies at start: "thp" unless
+ASA_MALLOC / ASA_KEEP_FREED_MEMORY say otherwise) do not mix. "default glibc" = no policy.
 Per configuration it prints: median step time after warm-up (forward + MSE + backward + Adam, batch
 8), samples/s, peak RSS, FLOPs of one step counted by torch.utils.flop_counter.FlopCounterMode
 (every aten conv/matmul of forward and backward, ASA's small convs included; elementwise work is
-not counted), the achieved GFLOP/s, and the plain float32 matmul GFLOP/s (2048^3, median of 5) measured
+not counted), minor page faults per step (as GiB of 4 KiB pages), the achieved GFLOP/s, and the plain float32 matmul GFLOP/s (2048^3, median of 5) measured
 in the same subprocess just before the steps. The data pipeline's clips/s (bench_data.py) follows.
 Timings on a shared machine are noisy: the load average is printed before and after, and the CPU
 time of the process per step (user + system, all threads) is printed beside the wall time: with
---threads 1 it is a load-independent measure of the work a step does.
+--threads 1 it is a load-independent measure of the work a step does. Each line ends with the policy
+actually applied and the load average before and after that configuration.
 """
 from __future__ import annotations
 
@@ -30,15 +33,18 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# (name, arch, variant, keep_freed_memory)
+# (name, arch, variant, malloc policy of utils/memory.py; "default" = glibc untouched)
 CONFIGS = [
-    ("A fused, allocator fix", "A", "fused", True),
-    ("A fused, default allocator", "A", "fused", False),
-    ("A reference, default allocator", "A", "reference", False),
-    ("A reference, allocator fix", "A", "reference", True),
-    ("B fused, allocator fix", "B", "fused", True),
-    ("B reference, allocator fix", "B", "reference", True),
+    ("A fused, thp (CLI)", "A", "fused", "thp"),
+    ("A fused, heap", "A", "fused", "heap"),
+    ("A fused, default glibc", "A", "fused", "default"),
+    ("A reference, default glibc", "A", "reference", "default"),
+    ("A reference, thp", "A", "reference", "thp"),
+    ("B fused, thp (CLI)", "B", "fused", "thp"),
+    ("B fused, heap", "B", "fused", "heap"),
+    ("B reference, thp", "B", "reference", "thp"),
 ]
+REF_NAME, FUSED_NAME = "A reference, default glibc", "A fused, thp (CLI)"
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -53,12 +59,13 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
-def worker(arch: str, variant: str, keep: bool, steps: int, warmup: int, threads: int | None) -> dict:
-    """Runs in its own process: build, warm up (counting FLOPs on the first step), time ``steps``."""
-    if keep:
-        sys.path.insert(0, ROOT)
-        from utils.memory import keep_freed_memory
-        keep_freed_memory()
+def worker(arch: str, variant: str, policy: str, steps: int, warmup: int, threads: int | None) -> dict:
+    """Runs in its own process: build, warm up (counting FLOPs on the first step), time ``steps``.
+    The "thp" policy re-executes this worker once with glibc's hugetlb tunable (utils/memory.py)."""
+    sys.path.insert(0, ROOT)
+    from utils import memory
+    if policy != "default":
+        memory.keep_freed_memory(policy=policy)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     sys.path.insert(0, HERE)
@@ -76,41 +83,49 @@ def worker(arch: str, variant: str, keep: bool, steps: int, warmup: int, threads
     for _ in range(max(0, warmup - 1)):
         step()
     mm = matmul_gflops()
-    times, cpu = [], []
+    times, cpu, faults = [], [], []
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     med = statistics.median(times)
     return {"step_s": med, "steps_s": times, "cpu_s": statistics.median(cpu), "samples_per_s": 8 / med, "flops": flops,
+            "minflt": statistics.median(faults), "policy": memory.applied_policy or "default",
             "gflops": flops / med / 1e9, "matmul_gflops": mm, "threads": torch.get_num_threads(),
             "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 
-def run_config(arch, variant, keep, steps, warmup, threads, timeout) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", arch, variant, str(int(keep)),
+def run_config(arch, variant, policy, steps, warmup, threads, timeout) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", arch, variant, policy,
            "--steps", str(steps), "--warmup", str(warmup)]
     if threads:
         cmd += ["--threads", str(threads)]
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ASA_MALLOC_REEXECED")}
+    load0 = os.getloadavg()[0]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [""]
         why = "killed (out of memory?)" if p.returncode < 0 else tail[0]
         return {"error": f"exit {p.returncode}: {why}"}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["load"] = (load0, os.getloadavg()[0])
+    return r
 
 
 def fmt(name: str, r: dict) -> str:
     if "error" in r:
         return f"{name:32s} {r['error']}"
     return (f"{name:32s} step {r['step_s']:6.2f} s  {r['samples_per_s']:5.2f} samples/s  "
-            f"(CPU {r['cpu_s']:6.2f} s)  peak RSS {r['maxrss_gib']:5.2f} GiB  {r['flops'] / 1e9:5.0f} GFLOP/step  "
+            f"(CPU {r['cpu_s']:6.2f} s)  peak RSS {r['maxrss_gib']:5.2f} GiB  "
+            f"faults {r['minflt'] * os.sysconf('SC_PAGE_SIZE') / 2 ** 30:4.1f} GiB/step  {r['flops'] / 1e9:5.0f} GFLOP/step  "
             f"{r['gflops']:5.1f} GFLOP/s (matmul {r['matmul_gflops']:5.1f}, "
-            f"{r['gflops'] / r['matmul_gflops']:.2f}x)")
+            f"{r['gflops'] / r['matmul_gflops']:.2f}x)  [{r['policy']}; load {r['load'][0]:.2f}->{r['load'][1]:.2f}]")
 
 
 def load() -> str:
@@ -129,13 +144,15 @@ def main(argv=None):
                         "the machine has less than 48 GiB)")
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline measurement")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
-    p.add_argument("--worker", nargs=3, metavar=("ARCH", "VARIANT", "KEEP"), help=argparse.SUPPRESS)
+    p.add_argument("--policies", default=None,
+                   help="comma-separated malloc policies to run (thp, heap, default; default: all)")
+    p.add_argument("--worker", nargs=3, metavar=("ARCH", "VARIANT", "POLICY"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
     if a.worker:
-        arch, variant, keep = a.worker
+        arch, variant, policy = a.worker
         steps = a.steps or (3 if arch == "B" else 5)
-        print(json.dumps(worker(arch, variant, keep == "1", steps, a.warmup, a.threads)))
+        print(json.dumps(worker(arch, variant, policy, steps, a.warmup, a.threads)))
         return
 
     import torch
@@ -144,8 +161,9 @@ def main(argv=None):
           f"{mem_gib:.0f} GiB RAM, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"load average before: {load()}")
     results = {}
-    for name, arch, variant, keep in CONFIGS:
-        if a.only and arch != a.only:
+    policies = a.policies.split(",") if a.policies else None
+    for name, arch, variant, policy in CONFIGS:
+        if a.only and arch != a.only or policies and policy not in policies:
             continue
         if arch == "B" and variant == "reference" and (a.quick or a.skip_b_reference or mem_gib < 48):
             print(f"{name:32s} skipped (needs ~35-40 GiB; this machine has {mem_gib:.0f} GiB)")
@@ -154,12 +172,12 @@ def main(argv=None):
             steps, warmup = a.steps or 2, 1
         else:
             steps, warmup = a.steps or (3 if arch == "B" else 5), a.warmup
-        r = run_config(arch, variant, keep, steps, warmup, a.threads, a.timeout)
+        r = run_config(arch, variant, policy, steps, warmup, a.threads, a.timeout)
         results[name] = r
         print(fmt(name, r), flush=True)
-    ref, fused = results.get("A reference, default allocator"), results.get("A fused, allocator fix")
+    ref, fused = results.get(REF_NAME), results.get(FUSED_NAME)
     if ref and fused and "error" not in ref and "error" not in fused:
-        print(f"arch A speedup (fused + allocator fix vs reference, default allocator): "
+        print(f"arch A speedup (fused, thp policy vs reference, default glibc): "
               f"{ref['step_s'] / fused['step_s']:.1f}x; peak RSS {fused['maxrss_gib']:.2f} vs "
               f"{ref['maxrss_gib']:.2f} GiB")
     if not a.no_data:

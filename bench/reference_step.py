@@ -54,6 +54,8 @@ def to_reference(net: nn.Module) -> nn.Module:
     for name, mod in list(net.named_modules()):
         if hasattr(mod, "fused"):
             mod.fused = False
+        if hasattr(mod, "compact_input"):
+            mod.compact_input = False
         if isinstance(mod, ASA):
             mod.forward = mod.forward_eager
         for child_name, child in list(mod.named_children()):

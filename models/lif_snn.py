@@ -115,6 +115,54 @@ class LeanMaxPool2d(nn.MaxPool2d):
         return _LeanMaxPool.apply(x, self.kernel_size)
 
 
+class _TwoValuedInputConv2d(torch.autograd.Function):
+    """``conv(x)`` for an input holding only 0 and one other value v (spikes: v = 1; spikes after
+    dropout: v = 1/(1-p), or its product with a held-dropout scale), saving ``x`` for the weight
+    gradient as a bool map and v: 1 byte per element instead of 4.
+
+    Backward rebuilds ``x`` as map * v, which is exact (1*v = v, 0*v = 0), and calls the same
+    aten.convolution_backward as autograd's ConvolutionBackward0, so gradients are bit-identical.
+    The caller guarantees the two values (ConvAttLIF / ConvAttNeuron know their input is spikes)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv: nn.Conv2d):
+        y = conv._conv_forward(x, weight, bias)
+        v = x.amax() if x.numel() else x.new_zeros(())
+        ctx.save_for_backward(x.ne(0), v, weight)
+        ctx.conv, ctx.has_bias = conv, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        nz, v, weight = ctx.saved_tensors
+        conv = ctx.conv
+        x = nz.to(v.dtype).mul_(v)
+        gi, gw, gb = torch.ops.aten.convolution_backward(
+            g, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(conv.stride),
+            list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups,
+            list(ctx.needs_input_grad[:3]))
+        return gi, gw, gb, None
+
+
+def _has_hooks(*mods: nn.Module) -> bool:
+    from torch.nn.modules import module as _m
+    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks for m in mods)
+
+
+def two_valued_input_conv(conv_seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``conv_seq(x)`` (a one-Conv2d Sequential) where ``x`` holds only 0 and one other value;
+    saves ``x`` compactly for backward (see :class:`_TwoValuedInputConv2d`). Falls back to
+    ``conv_seq(x)`` where the saving would not apply or would bypass something: no gradient
+    recorded, autocast, dtype mismatch, non-zeros padding, forward hooks on the modules."""
+    conv = conv_seq[0]
+    if (not torch.is_grad_enabled() or not conv.weight.requires_grad or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str) or torch.is_autocast_enabled(x.device.type)
+            or x.dtype != conv.weight.dtype or _has_hooks(conv_seq, conv)):
+        return conv_seq(x)
+    return _TwoValuedInputConv2d.apply(x, conv.weight, conv.bias, conv)
+
+
 def dropout_pair(p: float, active: bool) -> Tuple[nn.Module, nn.Module]:
     """(input dropout with a mask per time step, output dropout held over time) or identities."""
     if not active:
@@ -136,8 +184,11 @@ class ConvAttLIF(nn.Module):
     """[dropout -> conv -> BN -> avg pool -> attention -> LIF (-> held output dropout)]."""
 
     def __init__(self, in_ch: int, out_ch: int, pool: int, attn: nn.Module, p: float,
-                 dropout: bool, fused: bool):
+                 dropout: bool, fused: bool, spike_input: bool = False):
         super().__init__()
+        # input is spikes (possibly dropped out): two-valued, saved compactly for the conv's
+        # backward (not a parameter or buffer; bench/reference_step.py switches it off)
+        self.compact_input = spike_input
         self.drop_in, self.drop_out = dropout_pair(p, dropout)
         self.conv = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=True))
         self.bn = nn.Sequential(nn.BatchNorm2d(out_ch))
@@ -147,7 +198,9 @@ class ConvAttLIF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
-        y = self.pool(self.bn(self.conv(self.drop_in(x).flatten(0, 1))))
+        x = self.drop_in(x).flatten(0, 1)
+        y = two_valued_input_conv(self.conv, x) if self.compact_input else self.conv(x)
+        y = self.pool(self.bn(y))
         return self.drop_out(self.spike(self.attn(y.unflatten(0, (n, t)))))
 
 
@@ -192,7 +245,8 @@ class LIFSNN(nn.Module):
         self.ConvAttLIFs = nn.ModuleList()
         for i, pool in enumerate(self.pools):
             attn = make_attention(attention, T, chans[i + 1], reduction, lam, asa_mask)
-            self.ConvAttLIFs.append(ConvAttLIF(chans[i], chans[i + 1], pool, attn, p, drops[i], fused))
+            self.ConvAttLIFs.append(ConvAttLIF(chans[i], chans[i + 1], pool, attn, p, drops[i], fused,
+                                              spike_input=i > 0))
             x_size, y_size = x_size // pool, y_size // pool
         if x_size < 1 or y_size < 1:
             raise ValueError(f"frame_size {tuple(frame_size)} is too small for the pooling")

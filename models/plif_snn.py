@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .lif_snn import LeanAvgPool2d, LeanMaxPool2d, make_attention
+from .lif_snn import LeanAvgPool2d, LeanMaxPool2d, make_attention, two_valued_input_conv
 from .module.neurons import LIFNode, PLIF
 
 NEURONS = {"plif": PLIF, "lif": LIFNode}
@@ -26,8 +26,12 @@ NEURONS = {"plif": PLIF, "lif": LIFNode}
 class ConvAttNeuron(nn.Module):
     """[conv (no bias) -> BN -> attention -> neuron] on ``[N, T, C, H, W]``."""
 
-    def __init__(self, in_ch: int, out_ch: int, attn: nn.Module, neuron: nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, attn: nn.Module, neuron: nn.Module,
+                 spike_input: bool = False):
         super().__init__()
+        # input is max-pooled spikes (0/1): saved compactly for the conv's backward (plain
+        # attribute, not in the state_dict; bench/reference_step.py switches it off)
+        self.compact_input = spike_input
         self.conv = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False))
         self.bn = nn.Sequential(nn.BatchNorm2d(out_ch))
         self.attn = attn
@@ -35,7 +39,8 @@ class ConvAttNeuron(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
-        y = self.bn(self.conv(x.flatten(0, 1)))
+        x = x.flatten(0, 1)
+        y = self.bn(two_valued_input_conv(self.conv, x) if self.compact_input else self.conv(x))
         return self.spike(self.attn(y.unflatten(0, (n, t))))
 
 
@@ -96,7 +101,9 @@ class PLIFSNN(nn.Module):
         self.ConvAttLIFs = nn.ModuleList()
         for i in range(5):
             attn = make_attention(attention, T, chans[i + 1], 1, 0.5, asa_mask)
-            block = ConvAttNeuron(chans[i], chans[i + 1], attn, make_neuron(fused=fused))
+            # block i > 0 reads pooled spikes: two-valued after a max pool (B), not after avg (C)
+            block = ConvAttNeuron(chans[i], chans[i + 1], attn, make_neuron(fused=fused),
+                                  spike_input=i > 0 and pools[i - 1] == "max")
             self.ConvAttLIFs.append(nn.Sequential(block, FramePool(pools[i])))
         x_size, y_size = (s // 2 ** 5 for s in frame_size)
         if x_size < 1 or y_size < 1:

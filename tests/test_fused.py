@@ -191,3 +191,73 @@ def test_fused_paths_on_cuda_equal_cpu():
         s_g, g_g = run(cuda, x.cuda(), g.cuda())
         torch.testing.assert_close(s_g.cpu(), s_c, rtol=0, atol=1e-5)
         torch.testing.assert_close(g_g[0].cpu(), g_c[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, T, size", [("A", 6, 32), ("B", 4, 64)])
+def test_compact_spike_input_conv_is_bit_identical_in_training(arch, T, size):
+    """Convs reading spikes save them as bool + value: same outputs and gradients, bit for bit,
+    with dropout active (arch A, ps 00111: the conv input is dropped-out spikes)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from reference_step import build_net, make_batch
+    torch.manual_seed(0)
+    net = build_net(arch, "fused", T=T, size=size).train()
+    plain = build_net(arch, "fused", T=T, size=size).train()
+    plain.load_state_dict(net.state_dict())
+    assert any(getattr(m, "compact_input", False) for m in net.modules())
+    for m in plain.modules():
+        if hasattr(m, "compact_input"):
+            m.compact_input = False
+    x, _ = make_batch(T, (size, size), 3)
+    outs, grads = [], []
+    for m in (net, plain):
+        torch.manual_seed(1)                                     # same dropout masks
+        o = m(x)
+        o.square().sum().backward()
+        outs.append(o.detach())
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert torch.equal(outs[0], outs[1])
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.equal(grads[0][n], grads[1][n]), n
+
+
+def test_malloc_policy_reexecs_main_script_with_huge_pages(tmp_path):
+    """utils/memory.py: the main script is re-executed once with glibc's hugetlb tunable (where
+    available); imported elsewhere it never re-executes; bad policy names are refused."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from utils import memory
+    with pytest.raises(ValueError):
+        memory.keep_freed_memory(policy="nope")
+    assert memory.keep_freed_memory(policy="default") is False
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "main.py"
+    script.write_text(f"import os, sys\nsys.path.insert(0, {str(root)!r})\nprint('start', flush=True)\n"
+                      "from utils import memory\nmemory.keep_freed_memory()\n"
+                      "print(memory.applied_policy, memory.huge_pages_active(), sys.argv[1:])\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", "ASA_MALLOC_REEXECED", "ASA_MALLOC", "ASA_KEEP_FREED_MEMORY")}
+    out = subprocess.run([sys.executable, str(script), "x", "-y"], env=env, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    ver = memory.glibc_version()
+    if sys.platform.startswith("linux") and ver and ver >= (2, 35) and memory.thp_available():
+        assert out[:3] == ["start", "start", "thp True ['x', '-y']"]
+    elif sys.platform.startswith("linux"):
+        assert out[:2] == ["start", "heap False ['x', '-y']"]
+    off = subprocess.run([sys.executable, str(script)], env={**env, "ASA_KEEP_FREED_MEMORY": "0"},
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    assert off[:2] == ["start", "None False []"]
+
+
+def test_compact_conv_keeps_forward_hooks():
+    """A forward hook on a spike-input conv still fires in training (the compact path steps aside)."""
+    from models.lif_snn import LIFSNN
+    net = LIFSNN(T=4, num_classes=3, frame_size=(8, 8), widths=(4, 4, 4), reduction=1).train()
+    seen = []
+    net.ConvAttLIFs[1].conv[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    net(torch.rand(2, 4, 2, 8, 8)).sum().backward()
+    assert seen == [torch.Size([8, 4, 8, 8])]
