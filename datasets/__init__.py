@@ -81,11 +81,6 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def register(name: str, info: DatasetInfo):
-    """Add a dataset (used by modules that define more of them)."""
-    DATASETS[name] = info
-
-
 def create_dataset(args):
     """(train_set, test_set) for args.dataset.
 

@@ -35,10 +35,8 @@ class EventFrameDataset(Dataset):
         self.epoch = epoch
 
     def labels(self) -> list[int]:
-        return [self.load_label(i) for i in range(len(self))]
-
-    def load_label(self, i):
-        return self.load(self.items[i])[1]
+        """Every sample's label (reads every sample: for checks and summaries, not training)."""
+        return [self.load(item)[1] for item in self.items]
 
     def __getitem__(self, i):
         ev, label = self.load(self.items[i])
