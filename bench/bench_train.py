@@ -6,7 +6,7 @@
     python3 bench/bench_train.py --policies thp,heap   # only these malloc policies
 
 Every configuration runs in a fresh subprocess, so peak resident memory (ru_maxrss) and the
-malloc policy (utils/memory.keep_freed_memory, which train_test.py applies at start: "thp" unless
+malloc policy (utils/memory.keep_freed_memory, which train_test.py applies at start: "cache" unless
 ASA_MALLOC / ASA_KEEP_FREED_MEMORY say otherwise) do not mix. "default glibc" = no policy.
 Per configuration it prints: median step time after warm-up (forward + MSE + backward + Adam, batch
 8), samples/s, peak RSS, FLOPs of one step counted by torch.utils.flop_counter.FlopCounterMode
@@ -35,16 +35,18 @@ ROOT = os.path.dirname(HERE)
 
 # (name, arch, variant, malloc policy of utils/memory.py; "default" = glibc untouched)
 CONFIGS = [
-    ("A fused, thp (CLI)", "A", "fused", "thp"),
+    ("A fused, cache (CLI)", "A", "fused", "cache"),
+    ("A fused, thp", "A", "fused", "thp"),
     ("A fused, heap", "A", "fused", "heap"),
     ("A fused, default glibc", "A", "fused", "default"),
     ("A reference, default glibc", "A", "reference", "default"),
-    ("A reference, thp", "A", "reference", "thp"),
-    ("B fused, thp (CLI)", "B", "fused", "thp"),
+    ("A reference, cache", "A", "reference", "cache"),
+    ("B fused, cache (CLI)", "B", "fused", "cache"),
+    ("B fused, thp", "B", "fused", "thp"),
     ("B fused, heap", "B", "fused", "heap"),
-    ("B reference, thp", "B", "reference", "thp"),
+    ("B reference, cache", "B", "reference", "cache"),
 ]
-REF_NAME, FUSED_NAME = "A reference, default glibc", "A fused, thp (CLI)"
+REF_NAME, FUSED_NAME = "A reference, default glibc", "A fused, cache (CLI)"
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -92,7 +94,9 @@ def worker(arch: str, variant: str, policy: str, steps: int, warmup: int, thread
         cpu.append(time.process_time() - c0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     med = statistics.median(times)
-    return {"step_s": med, "steps_s": times, "cpu_s": statistics.median(cpu), "samples_per_s": 8 / med, "flops": flops,
+    from utils import block_cache
+    cache = block_cache.stats() if memory.applied_policy == "cache" else None
+    return {"cache_mapped_peak_gib": cache and cache["mapped_peak_bytes"] / 2 ** 30,"step_s": med, "steps_s": times, "cpu_s": statistics.median(cpu), "samples_per_s": 8 / med, "flops": flops,
             "minflt": statistics.median(faults), "policy": memory.applied_policy or "default",
             "gflops": flops / med / 1e9, "matmul_gflops": mm, "threads": torch.get_num_threads(),
             "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
@@ -125,7 +129,8 @@ def fmt(name: str, r: dict) -> str:
             f"(CPU {r['cpu_s']:6.2f} s)  peak RSS {r['maxrss_gib']:5.2f} GiB  "
             f"faults {r['minflt'] * os.sysconf('SC_PAGE_SIZE') / 2 ** 30:4.1f} GiB/step  {r['flops'] / 1e9:5.0f} GFLOP/step  "
             f"{r['gflops']:5.1f} GFLOP/s (matmul {r['matmul_gflops']:5.1f}, "
-            f"{r['gflops'] / r['matmul_gflops']:.2f}x)  [{r['policy']}; load {r['load'][0]:.2f}->{r['load'][1]:.2f}]")
+            f"{r['gflops'] / r['matmul_gflops']:.2f}x)  [{r['policy']}; load {r['load'][0]:.2f}->{r['load'][1]:.2f}]"
+            + (f"  cache peak {r['cache_mapped_peak_gib']:.2f} GiB" if r.get("cache_mapped_peak_gib") else ""))
 
 
 def load() -> str:
@@ -145,7 +150,7 @@ def main(argv=None):
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline measurement")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
     p.add_argument("--policies", default=None,
-                   help="comma-separated malloc policies to run (thp, heap, default; default: all)")
+                   help="comma-separated malloc policies to run (cache, thp, heap, default; default: all)")
     p.add_argument("--worker", nargs=3, metavar=("ARCH", "VARIANT", "POLICY"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
@@ -177,7 +182,7 @@ def main(argv=None):
         print(fmt(name, r), flush=True)
     ref, fused = results.get(REF_NAME), results.get(FUSED_NAME)
     if ref and fused and "error" not in ref and "error" not in fused:
-        print(f"arch A speedup (fused, thp policy vs reference, default glibc): "
+        print(f"arch A speedup (fused, cache policy vs reference, default glibc): "
               f"{ref['step_s'] / fused['step_s']:.1f}x; peak RSS {fused['maxrss_gib']:.2f} vs "
               f"{ref['maxrss_gib']:.2f} GiB")
     if not a.no_data:

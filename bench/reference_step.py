@@ -56,6 +56,8 @@ def to_reference(net: nn.Module) -> nn.Module:
             mod.fused = False
         if hasattr(mod, "compact_input"):
             mod.compact_input = False
+        if hasattr(mod, "lean"):
+            mod.lean = False
         if isinstance(mod, ASA):
             mod.forward = mod.forward_eager
         for child_name, child in list(mod.named_children()):

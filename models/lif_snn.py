@@ -163,6 +163,136 @@ def two_valued_input_conv(conv_seq: nn.Sequential, x: torch.Tensor) -> torch.Ten
     return _TwoValuedInputConv2d.apply(x, conv.weight, conv.bias, conv)
 
 
+def _bn_train_args(bn: nn.BatchNorm2d):
+    """(running_mean, running_var, momentum) for a training-mode batch norm call, advancing
+    ``num_batches_tracked`` as nn.BatchNorm2d does; (None, None, 0.0) without running stats."""
+    if not (bn.track_running_stats and bn.running_mean is not None):
+        return None, None, 0.0
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:                                   # cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return bn.running_mean, bn.running_var, momentum
+
+
+def _channel_sum_of_squares(v: torch.Tensor, rows: int = 16) -> torch.Tensor:
+    """sum of v**2 over all but the last (channel) dim of ``v: [B, H, W, C]``, a few images at a
+    time (torch's var/norm over these dims is a slow scalar loop on CPU, and a whole-tensor
+    square would be a full-size temporary)."""
+    acc = v.new_zeros(v.shape[-1])
+    for blk in v.split(rows):
+        acc.add_(blk.square().sum((0, 1, 2)))
+    return acc
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.contiguous_format if x.is_contiguous() else torch.channels_last
+
+
+def _normalised_output(xh: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, k: int):
+    """avgpool(x_hat) * gamma + beta as a contiguous [B, C, h, w] tensor. The same ops on the
+    same values give the same bits, so this is also how the output is rebuilt in backward."""
+    C = xh.shape[1]
+    pooled = F.avg_pool2d(xh, k) if k > 1 else xh
+    if pooled.is_contiguous():
+        return torch.addcmul(beta.view(1, C, 1, 1), pooled, gamma.view(1, C, 1, 1))
+    out = torch.empty(pooled.shape, dtype=xh.dtype, device=xh.device)  # channels-last in
+    return torch.mul(pooled, gamma.view(1, C, 1, 1), out=out).add_(beta.view(1, C, 1, 1))
+
+
+class _BatchNormAvgPool(torch.autograd.Function):
+    """``avg_pool2d(batch_norm(y), k)`` in training mode (k = 1: no pool), memory-lean. Math of
+    nn.BatchNorm2d (training)::
+
+        mean, var = batch mean and biased variance per channel (two-pass: var of y - mean)
+        x_hat  = (y - mean) / sqrt(var + eps)              computed INTO y's buffer
+        out    = avgpool(x_hat) * gamma + beta             (pooling first: pooling commutes
+                                                            with the per-channel affine)
+        running_mean/var updated as nn.BatchNorm2d does (unbiased var)
+
+    Backward, from the pooled gradient directly, into x_hat's buffer::
+
+        g      = upsample(g_pool) / k^2                    (never materialised)
+        dgamma = sum(g * x_hat) = sum(g_pool * avgpool(x_hat)),   dbeta = sum(g_pool)
+        dy     = gamma / sqrt(var + eps) * (g - dbeta/M - x_hat * dgamma/M),   M = N*H*W
+
+    So the block's largest tensor (the conv output) is the only full-size tensor from the
+    conv to the pool, in forward and backward: nn.BatchNorm2d + nn.AvgPool2d keep the conv
+    output and also allocate the normalised output, the upsampled gradient and the input
+    gradient. Full-size work follows y's memory order (channels-last or contiguous). Results equal
+    nn.BatchNorm2d + nn.AvgPool2d to float rounding (~1e-6 relative), not bit for bit. The conv
+    output is overwritten by x_hat (nothing else reads it), so the graph cannot be
+    backpropagated twice (retain_graph is refused).
+    """
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, bn: nn.BatchNorm2d, k: int):
+        xh = y.detach()                                             # becomes x_hat in place
+        if not (xh.is_contiguous() or xh.is_contiguous(memory_format=torch.channels_last)):
+            xh = xh.contiguous()
+        B, C, H, W = xh.shape
+        n = B * H * W
+        v = xh.movedim(1, -1)                                       # [B, H, W, C] view
+        mean = v.mean((0, 1, 2))
+        v.sub_(mean)
+        var = _channel_sum_of_squares(v).div_(n)
+        invstd = (var + bn.eps).rsqrt_()
+        v.mul_(invstd)
+        rm, rv, momentum = _bn_train_args(bn)
+        if rm is not None:
+            with torch.no_grad():
+                rm.mul_(1.0 - momentum).add_(mean, alpha=momentum)
+                rv.mul_(1.0 - momentum).add_(var * (n / max(n - 1, 1)), alpha=momentum)
+        gamma = torch.ones_like(mean) if weight is None else weight.detach().clone()
+        beta = torch.zeros_like(mean) if bias is None else bias.detach().clone()
+        out = _normalised_output(xh, gamma, beta, k)
+        ctx.save_for_backward(xh, gamma, invstd)
+        ctx.k, ctx.consumed = k, False
+        ctx.rebuild = lambda: _normalised_output(xh, gamma, beta, k)    # while x_hat is intact
+        return out
+
+    @staticmethod
+    def backward(ctx, g_pool):
+        ctx.rebuild = None
+        if ctx.consumed:
+            raise RuntimeError("the lean BatchNorm of ConvAttLIF reuses its saved buffer in "
+                               "backward, so the graph cannot be backpropagated twice "
+                               "(retain_graph); set the block's .lean = False for that")
+        ctx.consumed = True
+        xh, gamma, invstd = ctx.saved_tensors
+        k = ctx.k
+        B, C, H, W = xh.shape
+        ho, wo = H // k, W // k
+        M = B * H * W
+        v = xh.movedim(1, -1)                                       # [B, H, W, C] view
+        gv = g_pool.movedim(1, -1)                                  # [B, ho, wo, C] view
+        x_avg = F.avg_pool2d(xh, k).movedim(1, -1) if k > 1 else v
+        dgamma = (gv * x_avg).sum((0, 1, 2))
+        del x_avg
+        dbeta = gv.sum((0, 1, 2))
+        scale = invstd * gamma
+        # the per-pooled-cell term, in x_hat's memory order so that the update below is dense
+        g_term = torch.empty((B, C, ho, wo), dtype=xh.dtype, device=xh.device,
+                             memory_format=_memory_format(xh)).movedim(1, -1)
+        torch.div(gv, k * k, out=g_term).sub_(dbeta / M).mul_(scale)
+        if k > 1:
+            v.view(B, ho, k, wo, k, C).mul_(-scale * dgamma / M).add_(g_term[:, :, None, :, None, :])
+        else:
+            v.mul_(-scale * dgamma / M).add_(g_term)
+        return (xh, dgamma if ctx.needs_input_grad[1] else None,
+                dbeta if ctx.needs_input_grad[2] else None, None, None)
+
+
+def _rebuild_bn_output(node) -> torch.Tensor:
+    """The output of the _BatchNormAvgPool node ``node``, recomputed bit for bit from its saved
+    normalised buffer; valid until that node's backward has run (ASA's backward runs first)."""
+    rebuild = getattr(node, "rebuild", None)
+    if rebuild is None:
+        raise RuntimeError("ASA's input can no longer be rebuilt: BatchNorm's backward already ran")
+    return rebuild()
+
+
 def dropout_pair(p: float, active: bool) -> Tuple[nn.Module, nn.Module]:
     """(input dropout with a mask per time step, output dropout held over time) or identities."""
     if not active:
@@ -189,6 +319,8 @@ class ConvAttLIF(nn.Module):
         # input is spikes (possibly dropped out): two-valued, saved compactly for the conv's
         # backward (not a parameter or buffer; bench/reference_step.py switches it off)
         self.compact_input = spike_input
+        # training: the memory-lean path of _lean_forward (bench/reference_step.py switches it off)
+        self.lean = True
         self.drop_in, self.drop_out = dropout_pair(p, dropout)
         self.conv = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=True))
         self.bn = nn.Sequential(nn.BatchNorm2d(out_ch))
@@ -199,9 +331,54 @@ class ConvAttLIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
         x = self.drop_in(x).flatten(0, 1)
+        if self.lean and self._can_be_lean(x):
+            return self.drop_out(self._lean_forward(x, n, t))
         y = two_valued_input_conv(self.conv, x) if self.compact_input else self.conv(x)
         y = self.pool(self.bn(y))
         return self.drop_out(self.spike(self.attn(y.unflatten(0, (n, t)))))
+
+    def _pool_k(self) -> int:
+        return self.pool.kernel_size if isinstance(self.pool, nn.AvgPool2d) else 1
+
+    def _can_be_lean(self, x: torch.Tensor) -> bool:
+        conv, bn, k = self.conv[0], self.bn[0], self._pool_k()
+        return (self.training and torch.is_grad_enabled() and conv.weight.requires_grad
+                and x.dtype in (torch.float32, torch.float64) and x.dtype == conv.weight.dtype
+                and x.device.type == "cpu"          # CUDA: the plain path (not measured there)
+                and not torch.is_autocast_enabled(x.device.type)
+                and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+                and x.shape[2] % k == 0 and x.shape[3] % k == 0 and bn.affine
+                and not _has_hooks(self.conv, conv, self.bn, bn, self.pool, self.attn, self.spike,
+                                   *self.spike))
+
+    def _lean_forward(self, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
+        """The training step's memory-lean computation of the block (same math; float results
+        equal the plain path's up to rounding, ~1e-6 relative; ``lean = False`` selects the
+        plain path):
+
+        * a conv of spikes runs in channels-last layout: oneDNN then makes no reordered copies
+          (the NCHW backward of arch A's conv 2 made 360 MiB of them, at the step's memory
+          peak) and runs ~5% faster;
+        * BN and pool are one function that normalises the conv output in its own buffer and
+          later writes BN's input gradient into it (_BatchNormAvgPool);
+        * ASA does not keep its input for backward: it is rebuilt from that normalised buffer."""
+        bn, k, conv = self.bn[0], self._pool_k(), self.conv[0]
+        if self.compact_input:     # conv of spikes, channels-last; it keeps a bool map of x
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = _TwoValuedInputConv2d.apply(x, conv.weight, conv.bias, conv)
+        else:                      # first layer: few input channels, little to gain; as is
+            y = conv(x)
+        del x
+        p = _BatchNormAvgPool.apply(y, bn.weight, bn.bias, bn, k)
+        del y                      # overwritten by BN (x_hat), which keeps it
+        if isinstance(self.attn, ASA):
+            node = p.grad_fn
+            a = self.attn(p.unflatten(0, (n, t)),
+                          rebuild_input=lambda: _rebuild_bn_output(node).unflatten(0, (n, t)))
+        else:
+            a = self.attn(p.unflatten(0, (n, t)))
+        del p
+        return self.spike(a)
 
 
 class FCLIF(nn.Module):

@@ -1,4 +1,4 @@
-"""glibc malloc policy for CPU training: fast reuse of large blocks without heap fragmentation.
+"""Memory policy for CPU training: fast reuse of large blocks without heap fragmentation.
 
 The problem. A CPU training step frees and reallocates gigabytes of activations. glibc serves every
 block above the mmap threshold (128 KiB, rising dynamically up to 32 MiB) with a fresh mmap and
@@ -6,30 +6,35 @@ unmaps it on free, so each reuse pays one page fault per 4 KiB page, plus zeroin
 T 60, batch 8: ~1.3 M faults = 4.9 GiB faulted per step, ~1.3-1.45x slower). Serving everything
 from the heap instead (``M_MMAP_MAX=0``, high trim threshold; the "heap" policy) removes the faults
 but fragments: the heap keeps every hole it ever had, and peak RSS grew well above the live peak
-(arch A 2.6-3.5 GiB vs 2.1 GiB; arch B 128x128 16.4 GiB vs 8.9 GiB).
+(arch A 2.6-3.6 GiB vs 1.35 GiB of live tensors; arch B 128x128 16.4 GiB vs 8.9 GiB).
 
-The policy applied by default ("thp"):
+The policy applied by default ("cache"): PyTorch's CPU allocator is replaced, for tensors of 4 MiB
+and more, by the caching allocator of utils/block_cache.py (C++, compiled once with the system's
+C++ compiler): freed blocks are kept and reused for any later size by moving pages, so a step
+after the first neither faults nor fragments; mapped memory stays at the peak of live tensors.
+It is installed before torch is imported; no re-execution is needed.
 
-* large blocks keep going to mmap and back to the OS on free (RSS follows the live tensors), with
-  the threshold FIXED at 4 MiB (``M_MMAP_THRESHOLD``; a fixed value also stops glibc's dynamic
-  raising to 32 MiB, which parked 16-32 MiB activations in the heap: ~0.2 GiB of peak RSS);
-* those mmapped blocks are backed by transparent huge pages, so refilling a 126 MB activation costs
-  ~60 faults of 2 MiB instead of ~31000 of 4 KiB. glibc does this with the tunable
-  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35, kernel THP mode "always" or
-  "madvise"), which glibc only reads at process start: when :func:`keep_freed_memory` is called
-  from the ``__main__`` script (train_test.py, bench/bench_train.py) and the tunable is not set, it
-  adds it to the environment and re-executes the same command line once (``os.execv``, same pid,
-  before torch is imported). Child processes inherit the variable.
+Fallbacks, in order, when the block cache cannot be built (no compiler, not Linux):
 
-Measured (arch A + ASA T 60 batch 8, 1 thread, same machine and load): default glibc 7.05 s/step,
-2.19 GiB; heap 5.64 s, 3.49 GiB; thp 5.67 s, 1.93 GiB. See bench/README.md.
+* "thp": large blocks keep going to mmap and back to the OS on free (RSS follows the live
+  tensors), with the threshold FIXED at 4 MiB (``M_MMAP_THRESHOLD``), and those mmapped blocks
+  are backed by transparent huge pages, so refilling a 126 MB activation costs ~60 faults of 2 MiB
+  instead of ~31000 of 4 KiB. glibc does this with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+  (glibc >= 2.35, kernel THP mode "always" or "madvise"), which glibc only reads at process start:
+  when :func:`keep_freed_memory` is called from the ``__main__`` script (train_test.py,
+  bench/bench_train.py) and the tunable is not set, it adds it to the environment and re-executes
+  the same command line once (``os.execv``, same pid, before torch is imported).
+* "heap" where huge pages are unavailable (THP "never", older glibc, not the main script).
 
-Where huge pages are unavailable (THP "never", older glibc, not the main script, a script read from
-stdin or ``-c``), the "heap" policy is applied instead (fast, more RSS). Environment:
+Measured (arch A + ASA T 60 batch 8, 2 threads, quiet machine; bench/README.md): cache 2.4 s/step;
+thp 3.1-3.5 s; heap 2.5 s at 3.6 GiB peak RSS; default glibc 4.0 s.
 
-* ``ASA_KEEP_FREED_MEMORY=0`` -- change nothing (glibc defaults), as before;
-* ``ASA_MALLOC=thp|heap|lean|default`` -- choose a policy ("lean" = the fixed 4 MiB mmap threshold
-  without huge pages: lowest RSS, slowest).
+Environment:
+
+* ``ASA_KEEP_FREED_MEMORY=0`` -- change nothing (glibc and PyTorch defaults);
+* ``ASA_MALLOC=cache|thp|heap|lean|default`` -- choose a policy ("lean" = the fixed 4 MiB mmap
+  threshold without huge pages: lowest RSS, slowest);
+* ``ASA_BUILD_DIR`` -- where the block cache library is built (default ``~/.cache/asa-snn``).
 """
 from __future__ import annotations
 
@@ -43,12 +48,13 @@ M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 
-POLICIES = ("thp", "heap", "lean", "default")
+POLICIES = ("cache", "thp", "heap", "lean", "default")
 MMAP_THRESHOLD = 4 << 20            # fixed mmap threshold of the "thp" and "lean" policies
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
 _REEXEC_MARK = "ASA_MALLOC_REEXECED"
 
 applied_policy: str | None = None   # what the last keep_freed_memory() call applied (None: nothing)
+fallback_reason: str | None = None  # why the requested policy was not the one applied
 
 
 def _libc():
@@ -96,20 +102,29 @@ def _reexec_with_huge_pages() -> None:
 
 def keep_freed_memory(trim_threshold: int = 1 << 30, policy: str | None = None,
                       reexec: bool = True) -> bool:
-    """Apply the malloc policy (module docstring). Returns True when a setting was applied.
+    """Apply the memory policy (module docstring). Returns True when a setting was applied.
 
     ``policy`` overrides ``ASA_MALLOC``; ``trim_threshold`` is the heap policy's trim threshold;
     ``reexec=False`` never re-executes (the "thp" policy then falls back to "heap" unless the
     process already runs with huge pages). Call it before torch allocates anything."""
-    global applied_policy
-    applied_policy = None
+    global applied_policy, fallback_reason
+    applied_policy = fallback_reason = None
     if not sys.platform.startswith("linux") or os.environ.get("ASA_KEEP_FREED_MEMORY", "1") == "0":
         return False
-    policy = policy or os.environ.get("ASA_MALLOC", "thp")
+    policy = policy or os.environ.get("ASA_MALLOC", "cache")
     if policy not in POLICIES:
         raise ValueError(f"ASA_MALLOC / policy must be one of {POLICIES}, got {policy!r}")
     if policy == "default":
         return False
+    if policy == "cache":
+        from . import block_cache
+        if block_cache.install():
+            applied_policy = "cache"
+            return True
+        fallback_reason = f"block cache unavailable: {block_cache.last_error}"
+        print(f"note: {fallback_reason}; using glibc's thp/heap policy (slower)", file=sys.stderr)
+        policy = "thp"
+        os.environ["ASA_MALLOC"] = "thp"     # a re-executed process need not try (and note) again
     if policy == "thp" and not huge_pages_active():
         ver = glibc_version()
         if reexec and ver is not None and ver >= (2, 35) and thp_available() \

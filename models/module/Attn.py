@@ -103,7 +103,10 @@ class ASA(nn.Module):
             m_c, m_t = m_c.amax(0, keepdim=True), m_t.amax(0, keepdim=True)
         return (m_c != m_t).to(x.dtype)[..., None, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rebuild_input=None) -> torch.Tensor:
+        """``rebuild_input``: optional zero-argument function that returns a tensor bit-identical
+        to ``x`` when called during backward; then ``x`` is not kept for backward (the caller can
+        recompute it cheaply; ConvAttLIF's lean path rebuilds it from BN's normalised buffer)."""
         if x.dim() != 5 or x.shape[1] != self.T or x.shape[2] != self.channels:
             raise ValueError(f"ASA expects [N, {self.T}, {self.channels}, H, W], "
                              f"got {tuple(x.shape)}")
@@ -112,7 +115,8 @@ class ASA(nn.Module):
             with torch.autocast(device_type=x.device.type, enabled=False):
                 return self.forward(x.float())
         m = self.important_mask(x)
-        return _ASAApply.apply(x.contiguous(), m, self.conv1.weight, self.conv2.weight, self.lam)
+        return _ASAApply.apply(x.contiguous(), m, self.conv1.weight, self.conv2.weight, self.lam,
+                               rebuild_input)
 
     def forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         """The same output by plain autograd ops (the definition; tests compare against it)."""
@@ -181,7 +185,7 @@ class _ASAApply(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, m, w1, w2, lam: float):
+    def forward(ctx, x, m, w1, w2, lam: float, rebuild_input=None):
         w1, w2 = w1.to(x.dtype), w2.to(x.dtype)
         xi = m * x
         a_i = _pool_tc_values(xi, 1.0 / lam)
@@ -191,8 +195,11 @@ class _ASAApply(torch.autograd.Function):
         xs = (1.0 - m) * x
         a_s = _pool_tc_values(xs, 1.0 / (1.0 - lam))
         gate_s = torch.sigmoid(F.conv2d(a_s, w2, padding=1)).unsqueeze(1)
-        y.add_(xs.mul_(gate_s))                                             # + g_s * xs
+        y.addcmul_(xs, gate_s)                                              # + g_s * xs
         del xs
+        ctx.rebuild_input = rebuild_input
+        if rebuild_input is not None:
+            x = x.new_empty(0)                                              # not kept
         ctx.save_for_backward(x, m, a_i, a_s, gate_i, gate_s, w1, w2)
         ctx.lam = lam
         return y
@@ -200,6 +207,9 @@ class _ASAApply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, m, a_i, a_s, gate_i, gate_s, w1, w2 = ctx.saved_tensors
+        if ctx.rebuild_input is not None:
+            x = ctx.rebuild_input().contiguous()
+            ctx.rebuild_input = None
         lam = ctx.lam
         N, T, C, H, W = x.shape
         nm = m.shape[0]                                       # 1 (batch-union masks) or N
@@ -238,4 +248,4 @@ class _ASAApply(torch.autograd.Function):
             idx = idx.reshape(N, 1, H * W)
             vals = ga[:, 1].reshape(N, 1, H * W) * sel.gather(1, idx[:, 0]).unsqueeze(1)
             flat_g.scatter_add_(1, idx, vals)
-        return grad_x, None, gw1, gw2, None
+        return grad_x, None, gw1, gw2, None, None
