@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RUN_DIR/last.pth works too), or '-resume -name RUN' for -modelPath/RUN. "
                         "The run's own settings are used (flags "
                         "typed now must agree with them, except -device, -num_work, -data_path, "
-                        "-deterministic, -sync_bn); model, optimizer, epoch, best accuracy, "
+                        "-deterministic, -sync_bn, -lean_training); model, optimizer, epoch, best accuracy, "
                         "random-generator states and metrics.csv continue where the checkpoint was "
                         "written (metrics.csv rows newer than it are dropped and recomputed), so the "
                         "finished run equals an uninterrupted one with the same seed (bitwise on CPU "
@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                "seed everything and ask PyTorch for deterministic algorithms (cuDNN deterministic, no "
                "benchmark, torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); prints what "
                "cannot be made deterministic on this device. Seeds are always set")
+    _bool_flag(t, "-lean_training", True,
+               "arch A/D on CPU: the memory-lean training computation (spike convs in channels-last "
+               "layout, BatchNorm + pool computed in the conv output's buffer, ASA's input rebuilt in "
+               "backward): about 35%% lower peak memory and faster; the same math, but float sums in "
+               "another order (~1e-6 relative). false: the plain computation, bit for bit the "
+               "step-by-step definition. Evaluation always uses the plain one")
     _bool_flag(t, "-sync_bn", True,
                "with several CUDA processes (torchrun), use SyncBatchNorm: batch statistics over the "
                "global batch, as in a one-GPU run. PyTorch has no CPU SyncBatchNorm: on CPU each "
@@ -163,7 +169,7 @@ def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argpar
 
 
 # Flags a resumed run may change: they do not change what is computed (only where or how fast).
-RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn"}
+RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "lean_training"}
 # Settings derived from the data or flags that the checkpoint's config records.
 RESUME_DERIVED = ("num_classes", "sensor_size", "augment", "frame_size", "dt")
 

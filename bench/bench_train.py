@@ -62,7 +62,8 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 
 
 def worker(arch: str, variant: str, policy: str, steps: int, warmup: int, threads: int | None) -> dict:
-    """Runs in its own process: build, warm up (counting FLOPs on the first step), time ``steps``.
+    """Runs in its own process: build, warm up, time ``steps``, read the peak RSS, then count the
+    FLOPs of one more step.
     The "thp" policy re-executes this worker once with glibc's hugetlb tunable (utils/memory.py)."""
     sys.path.insert(0, ROOT)
     from utils import memory
@@ -78,11 +79,7 @@ def worker(arch: str, variant: str, policy: str, steps: int, warmup: int, thread
     net = build_net(arch, variant)
     x, y = make_batch(NETS[arch]["T"], NETS[arch]["frame_size"], 8)
     step = make_step(net, x, y)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    flops = counter.get_total_flops()
-    for _ in range(max(0, warmup - 1)):
+    for _ in range(max(1, warmup)):
         step()
     mm = matmul_gflops()
     times, cpu, faults = [], [], []
@@ -94,12 +91,19 @@ def worker(arch: str, variant: str, policy: str, steps: int, warmup: int, thread
         cpu.append(time.process_time() - c0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     med = statistics.median(times)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     from utils import block_cache
     cache = block_cache.stats() if memory.applied_policy == "cache" else None
+    # FLOPs last: FlopCounterMode's module hooks switch the lean path off (models/lif_snn.py
+    # steps aside for hooks), so the counted step must not set the memory peak above
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
     return {"cache_mapped_peak_gib": cache and cache["mapped_peak_bytes"] / 2 ** 30,"step_s": med, "steps_s": times, "cpu_s": statistics.median(cpu), "samples_per_s": 8 / med, "flops": flops,
             "minflt": statistics.median(faults), "policy": memory.applied_policy or "default",
             "gflops": flops / med / 1e9, "matmul_gflops": mm, "threads": torch.get_num_threads(),
-            "maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+            "maxrss_gib": maxrss}
 
 
 def run_config(arch, variant, policy, steps, warmup, threads, timeout) -> dict:
@@ -142,7 +146,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed steps, no arch B reference")
     p.add_argument("--only", choices=["A", "B"], help="benchmark one architecture")
     p.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 5, B 3)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first counts FLOPs)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (FLOPs are counted on one extra step at the end)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--skip-b-reference", action="store_true",
                    help="skip arch B's reference step (needs ~35-40 GiB; it is skipped anyway when "

@@ -50,7 +50,7 @@ def create_net(args: Any) -> nn.Module:
 def _lif_snn(args: Any, widths, p: float) -> LIFSNN:
     return LIFSNN(args.T, args.num_classes, args.frame_size, widths=widths, p=p, ps=args.ps,
                   attention=args.attention, reduction=args.reduction, lam=args.lam,
-                  asa_mask=args.asa_mask)
+                  asa_mask=args.asa_mask, lean=getattr(args, "lean_training", True))
 
 
 @register("A")

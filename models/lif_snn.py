@@ -182,7 +182,7 @@ def _channel_sum_of_squares(v: torch.Tensor, rows: int = 16) -> torch.Tensor:
     square would be a full-size temporary)."""
     acc = v.new_zeros(v.shape[-1])
     for blk in v.split(rows):
-        acc.add_(blk.square().sum((0, 1, 2)))
+        acc.add_(torch.mul(blk, blk).sum((0, 1, 2)))
     return acc
 
 
@@ -284,12 +284,13 @@ class _BatchNormAvgPool(torch.autograd.Function):
                 dbeta if ctx.needs_input_grad[2] else None, None, None)
 
 
-def _rebuild_bn_output(node) -> torch.Tensor:
-    """The output of the _BatchNormAvgPool node ``node``, recomputed bit for bit from its saved
-    normalised buffer; valid until that node's backward has run (ASA's backward runs first)."""
-    rebuild = getattr(node, "rebuild", None)
+def _rebuild_from(node, attr: str) -> torch.Tensor:
+    """A forward output recomputed bit for bit by the autograd node ``node`` (its ``attr``
+    function); valid until that node's own backward has run (consumers' backwards run first)."""
+    rebuild = getattr(node, attr, None)
     if rebuild is None:
-        raise RuntimeError("ASA's input can no longer be rebuilt: BatchNorm's backward already ran")
+        raise RuntimeError(f"{type(node).__name__}: its output can no longer be rebuilt "
+                           f"(its backward already ran)")
     return rebuild()
 
 
@@ -361,7 +362,10 @@ class ConvAttLIF(nn.Module):
           peak) and runs ~5% faster;
         * BN and pool are one function that normalises the conv output in its own buffer and
           later writes BN's input gradient into it (_BatchNormAvgPool);
-        * ASA does not keep its input for backward: it is rebuilt from that normalised buffer."""
+        * neither ASA's input nor the LIF's membrane potentials are kept for backward: ASA's
+          input is rebuilt from that normalised buffer (an affine map, after the pool), and
+          the membrane potentials by running the LIF again on ASA's output, itself rebuilt
+          from ASA's input and its saved gates. Both rebuilds are bit for bit."""
         bn, k, conv = self.bn[0], self._pool_k(), self.conv[0]
         if self.compact_input:     # conv of spikes, channels-last; it keeps a bool map of x
             x = x.contiguous(memory_format=torch.channels_last)
@@ -371,13 +375,17 @@ class ConvAttLIF(nn.Module):
         del x
         p = _BatchNormAvgPool.apply(y, bn.weight, bn.bias, bn, k)
         del y                      # overwritten by BN (x_hat), which keeps it
-        if isinstance(self.attn, ASA):
-            node = p.grad_fn
-            a = self.attn(p.unflatten(0, (n, t)),
-                          rebuild_input=lambda: _rebuild_bn_output(node).unflatten(0, (n, t)))
-        else:
-            a = self.attn(p.unflatten(0, (n, t)))
+        if not isinstance(self.attn, ASA):
+            return self.spike(self.attn(p.unflatten(0, (n, t))))
+        bn_node = p.grad_fn
+        a = self.attn(p.unflatten(0, (n, t)),
+                      rebuild_input=lambda: _rebuild_from(bn_node, "rebuild").unflatten(0, (n, t)))
         del p
+        lif, asa_node = self.spike[0], a.grad_fn
+        if isinstance(lif, LIF) and lif.fused:
+            # the LIF's membrane potentials are recomputed in backward from ASA's output,
+            # itself rebuilt from BN's buffer and ASA's saved gates
+            return lif(a, rebuild_input=lambda: _rebuild_from(asa_node, "rebuild_output"))
         return self.spike(a)
 
 
@@ -406,6 +414,8 @@ class LIFSNN(nn.Module):
         ps: 5 digits '0'/'1' switching dropout for conv1..3, fc1, fc2.
         attention, reduction, lam, asa_mask: the ASA of every conv layer ('no' = identity).
         fused: use the fused LIF autograd function (False = eager reference loop).
+        lean: training on CPU takes the memory-lean path of each conv block
+            (ConvAttLIF._lean_forward); False = the plain computation.
     """
 
     pools = (1, 2, 2)
@@ -414,7 +424,7 @@ class LIFSNN(nn.Module):
     def __init__(self, T: int, num_classes: int, frame_size: Sequence[int],
                  widths: Sequence[int] = (64, 128, 128), p: float = 0.1, ps: str = "00000",
                  attention: str = "ASA", reduction: int = 1, lam: float = 0.5,
-                 asa_mask: str = "reference", fused: bool = True):
+                 asa_mask: str = "reference", fused: bool = True, lean: bool = True):
         super().__init__()
         drops = parse_ps(ps)
         x_size, y_size = frame_size
@@ -424,6 +434,7 @@ class LIFSNN(nn.Module):
             attn = make_attention(attention, T, chans[i + 1], reduction, lam, asa_mask)
             self.ConvAttLIFs.append(ConvAttLIF(chans[i], chans[i + 1], pool, attn, p, drops[i], fused,
                                               spike_input=i > 0))
+            self.ConvAttLIFs[-1].lean = lean
             x_size, y_size = x_size // pool, y_size // pool
         if x_size < 1 or y_size < 1:
             raise ValueError(f"frame_size {tuple(frame_size)} is too small for the pooling")

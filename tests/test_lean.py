@@ -150,3 +150,13 @@ def test_lean_step_peak_memory_is_far_lower():
         F.mse_loss(net(x), F.one_hot(y, 11).float()).backward()
         peaks[lean] = block_cache.stats()["high_water_bytes"] - base
     assert peaks[True] <= 0.75 * peaks[False], peaks
+
+
+def test_lean_training_flag_reaches_every_conv_block():
+    import config
+    from models import create_net
+    for argv, expected in (([], True), (["-lean_training", "false"], False), (["-lean_training"], True)):
+        args = config.parse_args(["-arch", "A", *argv])
+        net = create_net(args)
+        flags = [b.lean for b in net.ConvAttLIFs]
+        assert flags == [expected] * 3, (argv, flags)

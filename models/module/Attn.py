@@ -163,6 +163,12 @@ def _first_argmax_tc(x, sel, vals, step):
     return (T * C - best).long().clamp_(max=T * C - 1)
 
 
+def _gated(x, m, gate_i, gate_s):
+    """g_i * (M*x) + g_s * ((1-M)*x) computed exactly as _ASAApply.forward does."""
+    y = (m * x).mul_(gate_i)
+    return y.addcmul_((1.0 - m) * x, gate_s)
+
+
 def _conv_backward(grad_out, inp, weight):
     """(grad wrt inp, grad wrt weight) of conv2d(inp, weight, padding=1, no bias)."""
     gi, gw, _ = torch.ops.aten.convolution_backward(
@@ -196,10 +202,19 @@ class _ASAApply(torch.autograd.Function):
         a_s = _pool_tc_values(xs, 1.0 / (1.0 - lam))
         gate_s = torch.sigmoid(F.conv2d(a_s, w2, padding=1)).unsqueeze(1)
         y.addcmul_(xs, gate_s)                                              # + g_s * xs
-        del xs
+        del xs                                                  # (== _gated(x, m, gate_i, gate_s))
         ctx.rebuild_input = rebuild_input
+        ctx.rebuild_output = ctx.rebuilt = None
         if rebuild_input is not None:
             x = x.new_empty(0)                                              # not kept
+            # y again, bit for bit: the same operations in the same order on the same values;
+            # the input rebuilt for it is kept for this node's own backward, which comes next
+            held = ctx.rebuilt = []
+
+            def rebuild_output():
+                held.append(rebuild_input().contiguous())
+                return _gated(held[-1], m, gate_i, gate_s)
+            ctx.rebuild_output = rebuild_output
         ctx.save_for_backward(x, m, a_i, a_s, gate_i, gate_s, w1, w2)
         ctx.lam = lam
         return y
@@ -208,8 +223,10 @@ class _ASAApply(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, m, a_i, a_s, gate_i, gate_s, w1, w2 = ctx.saved_tensors
         if ctx.rebuild_input is not None:
-            x = ctx.rebuild_input().contiguous()
-            ctx.rebuild_input = None
+            held = ctx.rebuilt
+            x = held.pop() if held else ctx.rebuild_input().contiguous()
+            held.clear()
+        ctx.rebuild_input = ctx.rebuild_output = ctx.rebuilt = None
         lam = ctx.lam
         N, T, C, H, W = x.shape
         nm = m.shape[0]                                       # 1 (batch-union masks) or N

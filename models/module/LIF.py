@@ -93,6 +93,24 @@ def lif_eager(x: torch.Tensor, vth: float = 0.3, decay: float = 0.3, beta: float
     return torch.stack(spikes, dim=1)
 
 
+def _negated_membrane(x: torch.Tensor, vth: float, decay: float, beta: float,
+                      vreset: float) -> torch.Tensor:
+    """-u[t] for every step of ``x: [N, T, ...]`` (see :class:`LIFFunction`), contiguous."""
+    nu_seq = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    q = torch.empty_like(nu_seq[:, 0])                                    # -h
+    for t in range(x.shape[1]):
+        nu = nu_seq[:, t]
+        if t == 0:
+            torch.neg(x[:, 0], out=nu)                            # h[-1] = 0
+        else:
+            torch.sub(q, x[:, t], out=nu)
+        torch.threshold(nu, -vth, -vreset, out=q)                 # hard reset
+        q.mul_(decay)                                             # leak
+        if beta != 0.0:                                           # - 0.0 would be a no-op pass
+            q.sub_(beta)
+    return nu_seq
+
+
 class LIFFunction(torch.autograd.Function):
     """Fused multi-step LIF (same equations as :func:`lif_eager`), saving only ``-u`` for backward.
 
@@ -110,27 +128,24 @@ class LIFFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, vth: float, decay: float, beta: float, vreset: float, lens: float):
-        nu_seq = torch.empty(x.shape, dtype=x.dtype, device=x.device)     # -u, contiguous [N, T, ...]
-        q = torch.empty_like(nu_seq[:, 0])                                # -h
-        for t in range(x.shape[1]):
-            nu = nu_seq[:, t]
-            if t == 0:
-                torch.neg(x[:, 0], out=nu)                        # h[-1] = 0
-            else:
-                torch.sub(q, x[:, t], out=nu)
-            torch.threshold(nu, -vth, -vreset, out=q)             # hard reset
-            q.mul_(decay)                                         # leak
-            if beta != 0.0:                                       # - 0.0 would be a no-op pass
-                q.sub_(beta)
+    def forward(ctx, x, vth: float, decay: float, beta: float, vreset: float, lens: float,
+                rebuild_input=None):
+        nu_seq = _negated_membrane(x, vth, decay, beta, vreset)
+        spikes = torch.le(nu_seq, -vth, out=torch.empty_like(nu_seq))      # u >= Vth as 0/1
+        ctx.rebuild_input = rebuild_input
+        if rebuild_input is not None:      # -u is recomputed in backward from the rebuilt input
+            nu_seq = nu_seq.new_empty(0)
         ctx.save_for_backward(nu_seq)
-        ctx.consts = (vth, decay, vreset, lens)
-        return torch.le(nu_seq, -vth, out=torch.empty_like(nu_seq))       # u >= Vth as 0/1
+        ctx.consts = (vth, decay, beta, vreset, lens)
+        return spikes
 
     @staticmethod
     def backward(ctx, grad_s):
         (nu_seq,) = ctx.saved_tensors
-        vth, decay, vreset, lens = ctx.consts
+        vth, decay, beta, vreset, lens = ctx.consts
+        if ctx.rebuild_input is not None:
+            nu_seq = _negated_membrane(ctx.rebuild_input(), vth, decay, beta, vreset)
+            ctx.rebuild_input = None
         grad_x = torch.empty_like(nu_seq)                         # holds A, then g_u, in place
         carry = None                                              # g_u[t+1]
         for t0, t1 in reverse_blocks(nu_seq.shape[1], steps_per_block(nu_seq)):
@@ -147,7 +162,7 @@ class LIFFunction(torch.autograd.Function):
                 if carry is not None:
                     torch.addcmul(g, coef[:, t - t0], carry, out=g)
                 carry = g
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 class LIF(nn.Module):
@@ -172,10 +187,15 @@ class LIF(nn.Module):
         return (f"vth={self.vth}, decay={self.decay}, beta={self.beta}, vreset={self.vreset}, "
                 f"lens={self.lens}, fused={self.fused}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rebuild_input=None) -> torch.Tensor:
+        """``rebuild_input``: optional zero-argument function returning a tensor bit-identical
+        to ``x`` during backward; the fused path then recomputes the membrane potentials in
+        backward instead of keeping them (ConvAttLIF's lean path)."""
         args = (self.vth, self.decay, self.beta, self.vreset, self.lens)
         if not self.fused:
             return lif_eager(x, *args)
-        dtype = x.dtype
-        spikes = LIFFunction.apply(x.to(state_dtype(x)), *args)
+        dtype, sdt = x.dtype, state_dtype(x)
+        if rebuild_input is not None and sdt != dtype:
+            rebuild_input = None
+        spikes = LIFFunction.apply(x.to(sdt), *args, rebuild_input)
         return spikes.to(dtype)
