@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 
-from utils.memory import keep_freed_memory
+from utils.memory import keep_freed_memory, memory_policy_text
 
 try:
     keep_freed_memory()     # before torch allocates anything; may re-execute once (utils/memory.py)
@@ -191,6 +191,8 @@ def _run(args, dist: distributed.Dist, device: torch.device) -> int:
         f"samples, frames {args.T}x2x{args.frame_size[0]}x{args.frame_size[1]}, {args.num_classes} classes")
     if dist.active:
         say(f"distributed: {dist.world_size} processes, backend {dist.backend}")
+    if device.type == "cpu":
+        say(f"CPU memory policy: {memory_policy_text()}")
     say(batch_plan_text(args, dist.world_size))
     for note in det_notes:
         say(f"deterministic: {note}")

@@ -26,8 +26,9 @@ Fallbacks, in order, when the block cache cannot be built (no compiler, not Linu
   the same command line once (``os.execv``, same pid, before torch is imported).
 * "heap" where huge pages are unavailable (THP "never", older glibc, not the main script).
 
-Measured (arch A + ASA T 60 batch 8, 2 threads, quiet machine; bench/README.md): cache 2.4 s/step;
-thp 3.1-3.5 s; heap 2.5 s at 3.6 GiB peak RSS; default glibc 4.0 s.
+Measured (bench/README.md; 2 threads): arch A + ASA T 60 batch 8 with the shipped model: cache
+2.50 s/step, 1.48 GiB peak RSS; thp 3.03 s, 1.42 GiB; heap 2.51 s, 2.50 GiB; default glibc 3.78 s.
+Arch B + ASA T 20 128x128: cache 10.8 s, 8.65 GiB; thp 24.4 s, 8.56 GiB; heap 16.0 s, 15.8 GiB.
 
 Environment:
 
@@ -142,3 +143,11 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, policy: str | None = None,
         return False
     applied_policy = policy if ok else None
     return ok
+
+
+def memory_policy_text() -> str:
+    """One line for the run log: which policy the last keep_freed_memory() call applied."""
+    names = {"cache": "block cache (utils/block_cache.py)", "thp": "glibc, huge pages, 4 MiB mmap threshold",
+             "heap": "glibc, heap only", "lean": "glibc, 4 MiB mmap threshold", None: "glibc defaults"}
+    text = names.get(applied_policy, str(applied_policy))
+    return f"{text} ({fallback_reason})" if fallback_reason else text
