@@ -176,16 +176,6 @@ def _bn_train_args(bn: nn.BatchNorm2d):
     return bn.running_mean, bn.running_var, momentum
 
 
-def _channel_sum_of_squares(v: torch.Tensor, rows: int = 16) -> torch.Tensor:
-    """sum of v**2 over all but the last (channel) dim of ``v: [B, H, W, C]``, a few images at a
-    time (torch's var/norm over these dims is a slow scalar loop on CPU, and a whole-tensor
-    square would be a full-size temporary)."""
-    acc = v.new_zeros(v.shape[-1])
-    for blk in v.split(rows):
-        acc.add_(torch.mul(blk, blk).sum((0, 1, 2)))
-    return acc
-
-
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
@@ -205,8 +195,7 @@ class _BatchNormAvgPool(torch.autograd.Function):
     """``avg_pool2d(batch_norm(y), k)`` in training mode (k = 1: no pool), memory-lean. Math of
     nn.BatchNorm2d (training)::
 
-        mean, var = batch mean and biased variance per channel (two-pass: var of y - mean)
-        x_hat  = (y - mean) / sqrt(var + eps)              computed INTO y's buffer
+        x_hat  = (y - mean) / sqrt(var + eps)              native kernel, written over y
         out    = avgpool(x_hat) * gamma + beta             (pooling first: pooling commutes
                                                             with the per-channel affine)
         running_mean/var updated as nn.BatchNorm2d does (unbiased var)
@@ -231,19 +220,13 @@ class _BatchNormAvgPool(torch.autograd.Function):
         xh = y.detach()                                             # becomes x_hat in place
         if not (xh.is_contiguous() or xh.is_contiguous(memory_format=torch.channels_last)):
             xh = xh.contiguous()
-        B, C, H, W = xh.shape
-        n = B * H * W
-        v = xh.movedim(1, -1)                                       # [B, H, W, C] view
-        mean = v.mean((0, 1, 2))
-        v.sub_(mean)
-        var = _channel_sum_of_squares(v).div_(n)
-        invstd = (var + bn.eps).rsqrt_()
-        v.mul_(invstd)
+        C = xh.shape[1]
+        mean, invstd = xh.new_empty(C), xh.new_empty(C)
         rm, rv, momentum = _bn_train_args(bn)
-        if rm is not None:
-            with torch.no_grad():
-                rm.mul_(1.0 - momentum).add_(mean, alpha=momentum)
-                rv.mul_(1.0 - momentum).add_(var * (n / max(n - 1, 1)), alpha=momentum)
+        # native BatchNorm without affine, written over its own input (elementwise after the
+        # statistics, so in place is exact: tests/test_lean.py); it also updates the running stats
+        torch.ops.aten.native_batch_norm.out(xh, None, None, rm, rv, True, momentum, bn.eps,
+                                             out=xh, save_mean=mean, save_invstd=invstd)
         gamma = torch.ones_like(mean) if weight is None else weight.detach().clone()
         beta = torch.zeros_like(mean) if bias is None else bias.detach().clone()
         out = _normalised_output(xh, gamma, beta, k)

@@ -160,3 +160,19 @@ def test_lean_training_flag_reaches_every_conv_block():
         net = create_net(args)
         flags = [b.lean for b in net.ConvAttLIFs]
         assert flags == [expected] * 3, (argv, flags)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_native_batch_norm_over_its_own_input_is_exact(layout):
+    """_BatchNormAvgPool relies on aten.native_batch_norm.out with out= its input: statistics
+    first, then an elementwise transform, so the result must equal the out-of-place call."""
+    torch.manual_seed(0)
+    y = (torch.randn(24, 7, 6, 6) * 3 + 1).contiguous(memory_format=layout)
+    rm, rv = torch.zeros(7), torch.ones(7)
+    rm2, rv2 = rm.clone(), rv.clone()
+    out, mean, invstd = torch.native_batch_norm(y, None, None, rm, rv, True, 0.1, 1e-5)
+    yy, m2, i2 = y.clone(), torch.empty(7), torch.empty(7)
+    torch.ops.aten.native_batch_norm.out(yy, None, None, rm2, rv2, True, 0.1, 1e-5,
+                                         out=yy, save_mean=m2, save_invstd=i2)
+    for a, b in ((yy, out), (m2, mean), (i2, invstd), (rm2, rm), (rv2, rv)):
+        assert torch.equal(a, b)
