@@ -27,8 +27,9 @@ Fallbacks, in order, when the block cache cannot be built (no compiler, not Linu
 * "heap" where huge pages are unavailable (THP "never", older glibc, not the main script).
 
 Measured (bench/README.md; 2 threads): arch A + ASA T 60 batch 8 with the shipped model: cache
-2.50 s/step, 1.48 GiB peak RSS; thp 3.03 s, 1.42 GiB; heap 2.51 s, 2.50 GiB; default glibc 3.78 s.
-Arch B + ASA T 20 128x128: cache 10.8 s, 8.65 GiB; thp 24.4 s, 8.56 GiB; heap 16.0 s, 15.8 GiB.
+2.5-2.7 s/step, 1.48 GiB peak RSS; thp 3.0-3.4 s, 1.42 GiB; heap 2.5-2.6 s, 2.1-2.5 GiB; default
+glibc 3.8-3.9 s.
+Arch B + ASA T 20 128x128: cache 9.7-10.8 s, 8.65 GiB; thp 24.4 s, 8.56 GiB; heap 16.0 s, 15.8 GiB.
 
 Environment:
 
