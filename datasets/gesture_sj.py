@@ -93,7 +93,8 @@ def build(args):
         raise UserError(f"-ds {ds}: gesture_sj frames are 128x128, -ds must divide 128")
     if int(getattr(args, "clip", 1)) != 1:
         raise UserError(f"-clip {args.clip}: gesture_sj test items are whole recordings (use -clip 1)")
-    from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
+    from utils.compat import import_spikingjelly
+    DVS128Gesture = import_spikingjelly("datasets.dvs128_gesture").DVS128Gesture
     sets = []
     for train in (True, False):
         log = io.StringIO()

@@ -17,7 +17,8 @@ from utils.engine import train_one_epoch
 from utils.loaders import EpochShuffle, ShardedBatchSampler, ShardedTestBatches
 
 SMALL = ["-dataset", "synthetic", "-synthetic_train", "32", "-synthetic_test", "16", "-T", "4",
-         "-reduction", "2", "-batch_size_test", "4", "-clip", "3", "-num_work", "0", "-seed", "1"]
+         "-reduction", "2", "-batch_size_test", "4", "-clip", "3", "-num_work", "0", "-seed", "1",
+         "-device", "cpu"]                 # Gloo on CPU, also where one GPU is present
 
 
 def test_split_sizes():
@@ -84,20 +85,24 @@ def _net():
 
 def _worker(rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    d = Dist(rank=rank, world_size=world, active=True, backend="gloo")
+    net = _net()
+    total = _train_ddp(net, rank, world, d)      # the DDP wrapper is gone when it returns (as in train_test)
+    if rank == 0:
+        torch.save({"state": net.state_dict(), "sums": total}, out_file)
+    d.close()
+
+
+def _train_ddp(net, rank, world, d):
     from torch.nn.parallel import DistributedDataParallel as DDP
     x, y = _data()
-    net = _net()
     sampler = ShardedBatchSampler(len(x), 5, 3, rank, world)    # batches 5, 5, 1 -> 3+2, 3+2, 1+stand-in
     loader = DataLoader(TensorDataset(x, y), batch_sampler=sampler)
     ddp = DDP(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
-    d = Dist(rank=rank, world_size=world, active=True, backend="gloo")
     sums = train_one_epoch(ddp, loader, opt, torch.device("cpu"), 3, progress=False, plan=sampler.plan(),
                            world_size=world, all_finite=d.all_true)["sums"]
-    total = d.all_reduce_sum(sums)
-    if rank == 0:
-        torch.save({"state": net.state_dict(), "sums": total}, out_file)
-    dist.destroy_process_group()
+    return d.all_reduce_sum(sums)
 
 
 def test_ddp_step_equals_the_global_batch_step(tmp_path):

@@ -133,7 +133,7 @@ def test_fused_lif_on_cuda_equals_cpu():
     grad_out = torch.randn_like(x)
     out = []
     for device in ("cpu", "cuda"):
-        xi = x.to(device).requires_grad_(True)
+        xi = x.detach().to(device).requires_grad_(True)      # a leaf on both devices
         s = LIF()(xi)
         (s * grad_out.to(device)).sum().backward()
         out.append((s.cpu(), xi.grad.cpu()))

@@ -36,7 +36,8 @@ print(memory.applied_policy, memory.huge_pages_active(), sys.argv[1:])
 """
 
 
-def test_bad_policy_names_are_refused_and_default_changes_nothing():
+def test_bad_policy_names_are_refused_and_default_changes_nothing(monkeypatch):
+    monkeypatch.delenv("ASA_KEEP_FREED_MEMORY", raising=False)
     with pytest.raises(ValueError, match="ASA_MALLOC"):
         memory.keep_freed_memory(policy="nope")
     assert memory.keep_freed_memory(policy="default") is False
@@ -75,6 +76,20 @@ def test_cache_policy_without_a_compiler_falls_back_with_one_note(tmp_path):
     assert len(notes) == 1 and "block cache unavailable" in notes[0] and "no-such-compiler" in notes[0]
     expected = "thp True []" if HUGE_PAGES else "heap False []"
     assert p.stdout.split("\n")[-2] == expected
+
+
+@needs_cache
+def test_cache_is_refused_between_numpy_and_torch_imports(tmp_path):
+    """Loading the library after numpy and before torch crashed torch's import on a CUDA machine
+    (torch 2.11, numpy 2.5.2): there the policy falls back, with one note saying why."""
+    body = "import numpy\n" + POLICY_SCRIPT + "import torch\nprint(float(torch.ones(3).sum()))\n"
+    p = run_main(tmp_path, body, {**CLEAN_ENV, "ASA_BUILD_DIR": str(tmp_path / "b")})
+    assert p.returncode == 0, p.stderr[-2000:]
+    notes = [ln for ln in p.stderr.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "numpy was imported before the block cache" in notes[0]
+    out = p.stdout.split("\n")
+    assert out[-3] == ("thp True []" if HUGE_PAGES else "heap False []") and out[-2] == "3.0"
+    assert not (tmp_path / "b").exists()                      # nothing was built or loaded
 
 
 ALLOCATOR_SCRIPT = """

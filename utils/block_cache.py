@@ -116,9 +116,17 @@ def build(verbose: bool = True) -> Path:
 def install(min_bytes: int = MIN_BYTES, verbose: bool = True) -> bool:
     """Build (if needed), load and make the block cache PyTorch's CPU allocator.
 
-    May be called before or after ``import torch``; tensors that exist already keep their own
-    allocator. Returns False (reason in :data:`last_error`) where it cannot be used."""
+    May be called before or after ``import torch``, but not between importing numpy and importing
+    torch: loading the library there made the later ``import torch`` crash (segmentation fault in
+    the operator registry; seen with torch 2.11 + numpy 2.5.2 on a CUDA machine, where a pytest
+    plugin imported numpy before tests/conftest.py), so it is refused there. Tensors that exist
+    already keep their own allocator. Returns False (reason in :data:`last_error`) where it cannot
+    be used."""
     global _lib, last_error
+    if _lib is None and "numpy" in sys.modules and "torch" not in sys.modules:
+        last_error = ("numpy was imported before the block cache (loading it between numpy and torch "
+                      "can crash torch's import); apply the memory policy before importing numpy")
+        return False
     try:
         if _lib is None:
             path = build(verbose=verbose)

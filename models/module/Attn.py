@@ -30,6 +30,10 @@ Quirks of the authors' implementation, reproduced by ``mask="reference"``:
 * Batch size 1 crashes in the reference (a ``squeeze()`` drops the batch axis); here both modes
   work for N = 1 (for N = 1 the two modes coincide).
 * ``max_TC`` routes its gradient to a single element (``torch.max(dim)``), not split among ties.
+* Ties in the top-k: ``torch.topk`` orders equal scores one way on CPU and another on CUDA. With
+  ``reduction`` > 1 the fc's ReLU can zero a whole column, and the channels concerned then share
+  one score, so the masks (and the spikes after them) can differ between devices, as they do for
+  the authors' code. tests/test_cuda.py checks CUDA's choices are valid top-k sets.
 """
 import torch
 import torch.nn.functional as F

@@ -21,10 +21,13 @@ This matches spikingjelly's nodes stepped one step at a time (tests check it aga
 import math
 
 import torch
-from spikingjelly.clock_driven import surrogate
 from torch import nn
 
+from utils.compat import import_spikingjelly
+
 from .LIF import reverse_blocks, state_dtype, steps_per_block
+
+surrogate = import_spikingjelly("clock_driven.surrogate")
 
 
 def atan_surrogate(z: torch.Tensor, alpha: float) -> torch.Tensor:
