@@ -37,7 +37,7 @@ DATASETS: dict[str, DatasetInfo] = {
         needs_path=False),
     "gesture": DatasetInfo("gesture", 11, (128, 128),
                            "DVS128 Gesture, per-sample hdf5 layout (DIR/train, DIR/test)"),
-    # The entries below carry the authors' run settings of SPEC.md section 7 as presets.
+    # The entries below carry the authors' run settings (their final.sh) as presets.
     "gesture_sj": DatasetInfo(
         "gesture_sj", 11, (128, 128),
         "DVS128 Gesture as spikingjelly frames (T frames split by event count; DIR = spikingjelly root)",

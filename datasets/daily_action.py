@@ -1,4 +1,4 @@
-"""DailyAction-DVS (12 daily actions, 15 subjects, jAER AEDAT 2.0), FORMATS.md (d).
+"""DailyAction-DVS (12 daily actions, 15 subjects, jAER AEDAT 2.0).
 
     DIR/<class>/<recording>.aedat        class folders: bend climb fall "get up" jump lie lift pick
                                          run sit stand walk (case, '_' for the space accepted)
@@ -15,9 +15,10 @@ filesystem-dependent directory order; 96 of 120 either way).
 ``-action_decode reference`` (default) decodes like the reference (PAFBenchmark's
 ``getDVSeventsDavis`` with a 128x128 size): DAVIS address masks, x = 127 - x_raw, p = 1 - bit 11,
 only events with 0 <= x, y < 128 are kept, in frames sized for the 346x260 DAVIS346. On a
-DVS128-layout file this maps every event to x in 120..127, y = 0.
-``-action_decode full`` detects the address layout of the files (DVS128 or DAVIS) and decodes it
-over the whole sensor; frames are then 128x128 (DVS128) or 346x260 (DAVIS) before -ds.
+DVS128-layout file this maps every event to x in 120..127, y = 0. Its read loop never decodes the
+file's last record, and neither does this mode.
+``-action_decode full`` detects the address layout of the files (DVS128 or DAVIS) and decodes every
+record over the whole sensor; frames are then 128x128 (DVS128) or 346x260 (DAVIS) before -ds.
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def decode(path: str, mode: str):
     header, addr, ts = read_aedat2(path)
     layout = detect_aedat2_layout(addr, header)
     if mode == "reference":
-        return decode_davis(addr, ts, width=128, height=128, drop_special=False), layout
+        # the reference's loop moves past a record and stops at the end of the file before decoding
+        # the record it just read, so the file's last record is never decoded
+        return decode_davis(addr[:-1], ts[:-1], width=128, height=128, drop_special=False), layout
     if layout == "dvs128":
         return decode_dvs128(addr, ts), layout
     return decode_davis(addr, ts, *SENSOR), layout

@@ -1,7 +1,7 @@
 """The torch Dataset shared by every event dataset: a list of samples -> frames.
 
 A reader supplies ``items`` (anything) and ``load(item) -> (Events, label)``; this class applies the
-RCS training window or the test clips of SPEC.md section 5 and returns float32 tensors:
+RCS training window or the test clips (datasets/events.py) and returns float32 tensors:
 training items [T, 2, X, Y], test items [clip, T, 2, X, Y], with the integer label.
 """
 from __future__ import annotations
@@ -10,20 +10,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .events import postprocess, test_clip_frames, train_window_start, window_frames
+from .events import count_frames, postprocess, test_clip_frames, train_window_start, window_frames
 
 
 class EventFrameDataset(Dataset):
     def __init__(self, items, load, *, train: bool, T: int, dt_us: int, ds: int, sensor_size,
                  clip: int = 1, augment: bool = True, window_policy: str = "gesture",
-                 is_spike: bool = False, interval_scaling: bool = False, event_transform=None,
-                 seed: int = 0):
+                 is_spike: bool = False, interval_scaling: bool = False, empty_window: str = "zeros",
+                 uint32_clips: bool = False, event_transform=None, seed: int = 0):
         if len(items) == 0:
             raise ValueError("EventFrameDataset needs at least one sample")
         self.items, self.load = list(items), load
         self.train, self.T, self.dt, self.ds = train, T, dt_us, ds
         self.sensor_size, self.clip, self.augment = tuple(sensor_size), clip, augment
         self.window_policy, self.is_spike, self.interval_scaling = window_policy, is_spike, interval_scaling
+        self.empty_window, self.uint32_clips = empty_window, uint32_clips
         self.event_transform = event_transform   # e.g. gait's EventDrop, training only
         self.seed, self.epoch = seed, 0
 
@@ -43,26 +44,30 @@ class EventFrameDataset(Dataset):
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             start = train_window_start(ev, self.T * self.dt, rng, self.augment, self.window_policy)
-            if self.event_transform is not None:
-                ev = self.event_transform(ev, start, self.T * self.dt, rng)
-            frames = window_frames(ev, start, self.T, self.dt, self.sensor_size, self.ds)
+            if self.event_transform is None:
+                frames = window_frames(ev, start, self.T, self.dt, self.sensor_size, self.ds)
+            else:       # it returns the window's events, in the order the reference frames them
+                w = self.event_transform(ev, start, self.T * self.dt, rng)
+                frames = count_frames(w, self.T, self.dt, self.sensor_size, self.ds)
         else:
-            frames = test_clip_frames(ev, self.clip, self.T, self.dt, self.sensor_size, self.ds)
-        frames = postprocess(frames, self.is_spike, self.interval_scaling)
+            frames = test_clip_frames(ev, self.clip, self.T, self.dt, self.sensor_size, self.ds,
+                                      self.uint32_clips)
+        frames = postprocess(frames, self.is_spike, self.interval_scaling, self.empty_window)
         return torch.from_numpy(frames), int(label)
 
 
 def train_test_sets(args, sensor_size, train, test, window_policy: str, event_transform=None,
-                    interval_scaling: bool | None = None):
+                    interval_scaling: bool | None = None, uint32_clips: bool = False):
     """The (train_set, test_set) pair every dataset's build(args) returns.
 
     ``train`` and ``test`` are (items, load) pairs. Training items get RCS windows with
-    ``window_policy`` (and ``event_transform``), test items ``args.clip`` windows; both use the
-    frame settings of ``args``. ``interval_scaling`` overrides ``args.interval_scaling`` (gait)."""
+    ``window_policy`` (and ``event_transform``), test items ``args.clip`` windows placed as
+    :func:`datasets.events.clip_starts` says; both use the frame settings of ``args``.
+    ``interval_scaling`` overrides ``args.interval_scaling`` (gait)."""
     common = dict(T=int(args.T), dt_us=int(round(float(args.dt) * 1000)), ds=int(args.ds),
                   sensor_size=tuple(sensor_size), is_spike=bool(args.is_spike),
                   interval_scaling=bool(args.interval_scaling if interval_scaling is None else interval_scaling),
-                  seed=int(args.seed))
+                  empty_window=getattr(args, "interval_scaling_empty", "zeros"), seed=int(args.seed))
     return (EventFrameDataset(*train, train=True, augment=args.augment, window_policy=window_policy,
                               event_transform=event_transform, **common),
-            EventFrameDataset(*test, train=False, clip=args.clip, **common))
+            EventFrameDataset(*test, train=False, clip=args.clip, uint32_clips=uint32_clips, **common))

@@ -1,4 +1,4 @@
-"""DVS128 Gait (day or night; 20 people, DVS128 128x128), FORMATS.md (c).
+"""DVS128 Gait (day or night; 20 people, DVS128 128x128).
 
 ``-data_path DIR`` may hold either layout (detected):
 
@@ -64,7 +64,7 @@ def events_from_txyp(a: np.ndarray, where: str) -> Events:
 
 
 class EventDrop:
-    """EventDrop augmentation of gait training windows (SPEC.md sections 5 and 8).
+    """EventDrop augmentation of gait training windows, as the reference applies it.
 
     Works on the events of the training window [start, start + window): with probability 1/4 each,
     identity, drop by time, drop by area, random drop; if nothing would remain the window is kept.
@@ -74,8 +74,12 @@ class EventDrop:
     sizes it on the downsampled grid and keeps only events outside BOTH ranges, which removes a
     band of small raw y, or everything (then the window is kept).
     mode "fixed" drops a real rectangle: x and y columns, raw sensor coordinates, corner from
-    U(0, 128), events kept when outside the rectangle.  Random drop keeps the survivors in time
-    order (the reference's ``random.sample`` shuffles them).
+    U(0, 128), events kept when outside the rectangle.
+
+    Random drop: the reference's ``random.sample`` returns the survivors in random order and its
+    framing bisects their times in that order (:func:`datasets.events.frame_bins`), so events land
+    in the wrong bins or in none; mode "reference" returns them in that random order too, mode
+    "fixed" in time order. The returned events are the window's, in the order they are to be framed.
     """
 
     def __init__(self, mode: str = "reference", sensor_size=SENSOR, ds: int = 4):
@@ -92,12 +96,12 @@ class EventDrop:
         if option == 0:
             return w
         if option == 1:
-            keep = self.drop_by_time(w, rng)
+            kept = w.select(self.drop_by_time(w, rng))
         elif option == 2:
-            keep = self.drop_by_area(w, rng)
+            kept = w.select(self.drop_by_area(w, rng))
         else:
-            keep = self.random_drop(w, rng)
-        return w.select(keep) if keep.any() else w
+            kept = w.select(self.random_drop(w, rng))
+        return kept if len(kept) else w
 
     @staticmethod
     def drop_by_time(w: Events, rng) -> np.ndarray:
@@ -127,14 +131,12 @@ class EventDrop:
         out_y = (b < y0) | (b > y1)
         return (out_x & out_y) if self.mode == "reference" else (out_x | out_y)
 
-    @staticmethod
-    def random_drop(w: Events, rng) -> np.ndarray:
+    def random_drop(self, w: Events, rng) -> np.ndarray:
+        """Indices of the survivors: in random order ("reference"), or in time order ("fixed")."""
         ratio = int(rng.integers(1, 10)) / 10.0
         n = len(w)
-        keep_n = n - int(n * ratio)
-        keep = np.zeros(n, dtype=bool)
-        keep[rng.choice(n, size=keep_n, replace=False)] = True
-        return keep
+        kept = rng.choice(n, size=n - int(n * ratio), replace=False)
+        return kept if self.mode == "reference" else np.sort(kept)
 
 
 class NpyGaitSamples:

@@ -1,4 +1,4 @@
-"""DVS128 Gesture in the preprocessed per-sample hdf5 layout the reference reads (FORMATS.md (b)).
+"""DVS128 Gesture in the preprocessed per-sample hdf5 layout the reference reads.
 
     DIR/train/*.hdf5   DIR/test/*.hdf5   each with  times uint32 (N,) us from 0,
                                                     addrs uint8 (N, 3) columns [x, y, p],
@@ -6,6 +6,9 @@
 
 Files are read in sorted name order (the reference's os.walk order is filesystem-dependent).
 ``python3 -m datasets.prepare gesture`` writes this layout from the official DvsGesture release.
+Test clips are placed in signed integers, as the reference computes them under NumPy 1.x;
+``-gesture_clip_times uint32`` reproduces what it computes under NumPy >= 2 with these uint32
+times (see :func:`datasets.events.clip_starts`).
 """
 from __future__ import annotations
 
@@ -53,4 +56,6 @@ def build(args):
     """(train_set, test_set) for -dataset gesture."""
     train_files, test_files = list_split(args.data_path, "train"), list_split(args.data_path, "test")
     read_sample(train_files[0])     # fail at start, with the file's name, if the layout is wrong
-    return train_test_sets(args, SENSOR, (train_files, read_sample), (test_files, read_sample), "gesture")
+    uint32 = getattr(args, "gesture_clip_times", "signed") == "uint32"
+    return train_test_sets(args, SENSOR, (train_files, read_sample), (test_files, read_sample), "gesture",
+                           uint32_clips=uint32)

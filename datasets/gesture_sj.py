@@ -1,5 +1,5 @@
 """``-dataset gesture_sj``: DVS128 Gesture frames made by spikingjelly 0.0.0.0.12, as in the second
-row of the paper's table (FORMATS.md (b), end):
+row of the paper's table:
 ``DVS128Gesture(root, train, data_type='frame', frames_number=T, split_by='number')``.
 
 -data_path is spikingjelly's root. It must already hold either
@@ -18,7 +18,8 @@ network unchanged, and so does this reader. Labels are spikingjelly's: torchvisi
 sorts the class folders as strings ('0', '1', '10', '2', ...), so folder 10 gets label 2 and
 folders 2..9 get 3..10 -- a consistent relabelling of train and test, also kept as is.
 Training items are [T, 2, 128/ds, 128/ds], test items [1, T, 2, 128/ds, 128/ds] (-clip is 1);
--ds > 1 sums ds x ds blocks, -is_spike / -interval_scaling apply as for the other datasets.
+-ds > 1 sums ds x ds blocks, -is_spike / -interval_scaling apply as for the other datasets (the
+reference passes spikingjelly's frames on untouched, ignoring all three: a listed deviation).
 """
 from __future__ import annotations
 
@@ -58,9 +59,10 @@ def check_root(root: str) -> None:
 class SJGestureFrames(Dataset):
     """spikingjelly's frame dataset -> (float32 tensor, label); test items get a clip axis of 1."""
 
-    def __init__(self, sj, train: bool, ds: int, is_spike: bool, interval_scaling: bool):
+    def __init__(self, sj, train: bool, ds: int, is_spike: bool, interval_scaling: bool,
+                 empty_window: str = "zeros"):
         self.sj, self.train, self.ds = sj, train, ds
-        self.is_spike, self.interval_scaling = is_spike, interval_scaling
+        self.is_spike, self.interval_scaling, self.empty_window = is_spike, interval_scaling, empty_window
         self.epoch = 0
 
     def __len__(self):
@@ -78,7 +80,7 @@ class SJGestureFrames(Dataset):
         if self.ds > 1:
             T, C, H, W = frames.shape
             frames = frames.reshape(T, C, H // self.ds, self.ds, W // self.ds, self.ds).sum((3, 5))
-        frames = postprocess(frames, self.is_spike, self.interval_scaling)
+        frames = postprocess(frames, self.is_spike, self.interval_scaling, self.empty_window)
         if not self.train:
             frames = frames[None]
         return torch.from_numpy(np.ascontiguousarray(frames)), int(label)
@@ -107,5 +109,6 @@ def build(args):
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         if len(sj) == 0:
             raise UserError(f"-data_path {root}: spikingjelly found no {'train' if train else 'test'} samples")
-        sets.append(SJGestureFrames(sj, train, ds, bool(args.is_spike), bool(args.interval_scaling)))
+        sets.append(SJGestureFrames(sj, train, ds, bool(args.is_spike), bool(args.interval_scaling),
+                                    getattr(args, "interval_scaling_empty", "zeros")))
     return sets[0], sets[1]

@@ -1,4 +1,4 @@
-"""HAR-DVS (300 human actions, DAVIS346 346x260), FORMATS.md (e).
+"""HAR-DVS (300 human actions, DAVIS346 346x260).
 
     DIR/train_label.txt  DIR/test_label.txt  (DIR/val_label.txt)   lines 'action_XXX/<sample> ...'
     DIR/action_XXX/<sample>.npz   (or DIR/MINI_HARDVS_files/action_XXX/<sample>.npz)

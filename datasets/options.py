@@ -18,17 +18,32 @@ def add_dataset_arguments(group):
     group.add_argument("-action_decode", default="reference", choices=("reference", "full"),
                        help="action (DailyAction-DVS): 'reference' decodes like the authors (DAVIS "
                             "address masks, x = 127 - x, only events with x, y < 128 kept, frames "
-                            "sized 346x260); 'full' detects the DVS128 or DAVIS address layout from "
-                            "the files and uses the whole sensor (default reference)")
+                            "sized 346x260, a file's last record never decoded); 'full' detects the "
+                            "DVS128 or DAVIS address layout from the files and decodes every record "
+                            "over the whole sensor (default reference)")
     group.add_argument("-recognition_window", default="first", choices=("first", "last"),
                        help="recognition: where training windows start. 'first': RCS random start "
                             "or the first event (this project's fix); 'last': the reference's bug, "
                             "every window starts at the last event (default first)")
     group.add_argument("-gait_eventdrop", default="reference", choices=("reference", "fixed", "off"),
                        help="gait_day / gait_night: EventDrop augmentation of training windows. "
-                            "'reference' keeps the authors' drop-by-area bug (wrong columns, "
-                            "downsampled size, AND); 'fixed' drops a real rectangle; 'off' disables "
-                            "EventDrop (default reference)")
+                            "'reference' keeps the authors' quirks: drop by area tests the wrong "
+                            "columns against a downsampled box joined with AND, and random drop "
+                            "shuffles the survivors, whose frames are then binned by bisecting the "
+                            "shuffled times; 'fixed' drops a real rectangle and keeps time order; "
+                            "'off' disables EventDrop (default reference)")
+    group.add_argument("-interval_scaling_empty", default="zeros", choices=("zeros", "nan"),
+                       help="with -interval_scaling, a window without events (maximum 0): 'zeros' "
+                            "keeps its frames zero; 'nan' divides 0 by 0 as the authors' code does, "
+                            "making the frames NaN, which stops training at the first such window "
+                            "(default zeros)")
+    group.add_argument("-gesture_clip_times", default="signed", choices=("signed", "uint32"),
+                       help="gesture: arithmetic of the test clip placement. 'signed': as the "
+                            "authors' code computes it under NumPy 1.x, the NumPy of their runs; "
+                            "'uint32': as it computes it under NumPy >= 2, where the hdf5's uint32 "
+                            "times make negative differences wrap: a sample longer than clip*T*dt "
+                            "gets empty clips after the first, one shorter than T*dt only empty "
+                            "clips (default signed)")
     group.add_argument("-hardvs_test_list", default="test", choices=("test", "val"),
                        help="har_dvs: evaluate on test_label.txt or val_label.txt (default test)")
     group.add_argument("-sensor_size", dest="sensor_size_flag", type=int, nargs=2, default=None,

@@ -51,10 +51,28 @@ class Report:
     skipped: int = 0
     rows: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    backwards: list = field(default_factory=list)
 
-    def add(self, split, cls, ev):
+    def add(self, split, cls, ev, where: str | None = None):
+        """One sample of the summary; ``where`` names a file read in its original event order."""
         dur = int(ev.t[-1] - ev.t[0]) if len(ev) else 0
         self.rows.append((split, str(cls), len(ev), dur))
+        if where is not None:
+            self.check_order(ev, where)
+
+    def check_order(self, ev, where: str):
+        """ev; remembers a recording whose timestamps went backwards, which training sorts while the
+        reference bisects its file order (the user should know before training on it)."""
+        if ev.first_backwards >= 0:
+            self.backwards.append(f"{where} (event {ev.first_backwards})")
+        return ev
+
+    def all_notes(self) -> list[str]:
+        if not self.backwards:
+            return self.notes
+        return self.notes + [f"{len(self.backwards)} recording(s) with timestamps that go backwards, "
+                             f"e.g. {self.backwards[0]}: training sorts their events by time "
+                             f"(docs/datasets.md, 'Timestamps that go backwards')"]
 
     def summary(self) -> str:
         if not self.rows:
@@ -125,8 +143,8 @@ def gesture_trials(root: str, report: Report) -> list[tuple[str, str]]:
     return trials
 
 
-def gesture_windows(root: str, name: str):
-    """(events in file order, label rows, [(row, class, lo, hi)]) of one trial.
+def gesture_windows(root: str, name: str, report: Report):
+    """(events sorted by time, label rows, [(row, class, lo, hi)]) of one trial.
 
     lo/hi follow the reference (bisect_left of start and of end on the event times)."""
     aedat = os.path.join(root, name)
@@ -134,10 +152,7 @@ def gesture_windows(root: str, name: str):
     for f in (aedat, csv):
         if not os.path.isfile(f):
             raise UserError(f"{f}: missing (listed in the trials file as {name})")
-    ev = read_aedat31(aedat)
-    if len(ev) > 1 and np.any(ev.t[1:] < ev.t[:-1]):
-        order = np.argsort(ev.t, kind="stable")
-        ev = ev.select(order)
+    ev = report.check_order(read_aedat31(aedat, sort=True), aedat)
     labels = read_gesture_labels(csv)
     wins = []
     for r, (c, s, e) in enumerate(labels):
@@ -181,7 +196,7 @@ def prepare_gesture(args, report: Report):
         if all(os.path.exists(p) for p in paths):
             report.skipped += len(paths)
             continue
-        ev, labels, wins = gesture_windows(root, name)
+        ev, labels, wins = gesture_windows(root, name, report)
         os.makedirs(os.path.join(out, split), exist_ok=True)
         for (r, c, lo, hi), p in zip(wins, paths):
             if os.path.exists(p):
@@ -223,7 +238,7 @@ def prepare_gesture_sj(args, report: Report):
         if all(os.path.exists(p) for p in paths):
             report.skipped += len(paths)
             continue
-        ev, labels, wins = gesture_windows(root, name)
+        ev, labels, wins = gesture_windows(root, name, report)
         for (r, c, lo, hi), p in zip(wins, paths):
             seg = ev.select(slice(lo, hi))
             _write(p, lambda seg=seg: npz_bytes(t=seg.t, x=seg.x, y=seg.y, p=seg.p), report)
@@ -269,14 +284,15 @@ def prepare_gait(args, report: Report):
                 person = str(target.item() if hasattr(target, "item") else target)
                 p = os.path.join(out, split, person, f"{split}_{i:05d}.npz")
                 jobs.append((p, lambda a=src.data[i], w=f"{src.where}[{i}]":
-                             events_npz_bytes(events_from_txyp(a, w))))
+                             events_npz_bytes(report.check_order(events_from_txyp(a, w), w))))
     else:
         for split, d in (("train", tr), ("test", te)):
             for person, files in class_folders(d, (".txt",), "RAW/{train,test}/<person>/*.txt").items():
                 for f in files:
                     stem = os.path.splitext(os.path.basename(f))[0]
                     p = os.path.join(out, split, person, stem + ".npz")
-                    jobs.append((p, lambda f=f: events_npz_bytes(events_from_txyp(read_gait_text(f), f))))
+                    jobs.append((p, lambda f=f: events_npz_bytes(
+                        report.check_order(events_from_txyp(read_gait_text(f), f), f))))
     for p, make in _tqdm(jobs, desc="gait", unit="walk"):
         _write(p, make, report)
     if not args.skip_validation:
@@ -321,7 +337,7 @@ def prepare_recognition(args, report: Report):
 
                 def make(f=f):
                     _, addr, ts = read_aedat2(f)
-                    ev = decode_davis(addr, ts, 346, 260, drop_special=False)
+                    ev = report.check_order(decode_davis(addr, ts, 346, 260, drop_special=False), f)
                     return npy_bytes(np.stack([ev.t, ev.x, ev.y, ev.p]).astype(np.int64))
                 jobs.append((p, make))
     for p, make in _tqdm(jobs, desc="recognition", unit="file"):
@@ -413,7 +429,7 @@ def prepare_har_dvs(args, report: Report):
                 continue
             for item in _tqdm(read_list(out, f"{split}_label.txt", base), desc=f"validate {split}", unit="file"):
                 ev, label = load(item)
-                report.add(split, label, ev)
+                report.add(split, label, ev, item[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,7 +452,7 @@ def prepare_action(args, report: Report):
             if args.action_decode == "reference":
                 full, _ = decode(f, "full")
                 kept.append(len(ev) / max(1, len(full)))
-            report.add(split_name, CLASSES[label], ev)
+            report.add(split_name, CLASSES[label], ev, f)
     report.notes.append("address layouts detected: " + ", ".join(f"{k} {v}" for k, v in sorted(layouts.items())))
     if kept:
         report.notes.append(f"-action_decode reference keeps {100 * np.mean(kept):.1f}% of the events on "
@@ -471,13 +487,13 @@ def prepare_nmnist(args, report: Report):
             for digit, files in cf(os.path.join(out, split), (".bin",), "digit folders").items():
                 for f in files:
                     ev, _ = load((f, int(digit)))
-                    report.add(args.split, digit, ev)
+                    report.add(args.split, digit, ev, f)
         return
     train, test = items(args.raw)
     for split_name, its in (("train", train), ("test", test)):
         for item in _tqdm(its, desc=f"check {split_name}", unit="file"):
             ev, label = load(item)
-            report.add(split_name, label, ev)
+            report.add(split_name, label, ev, item[0])
     report.notes.append(f"train with: -dataset nmnist -data_path {args.raw}")
 
 
@@ -542,7 +558,7 @@ def main(argv=None) -> int:
         return 130
     print(f"prepare {args.name}: {report.written} written, {report.skipped} already present "
           f"({time.time() - t0:.1f} s)" + (f" -> {args.out}" if args.out else ""))
-    for n in report.notes:
+    for n in report.all_notes():
         print("note:", n)
     print(report.summary())
     return 0

@@ -1,4 +1,4 @@
-"""Decoders for the raw event-file formats of the paper's datasets (FORMATS.md (a), (d), (f), (g)).
+"""Decoders for the raw event-file formats of the paper's datasets (layouts in docs/datasets.md).
 
 * :func:`read_aedat31`  - AEDAT 3.1 (cAER / DVS128 Gesture release): little-endian packets of
   polarity events. The file is read once; a Python loop walks only the 28-byte packet headers
@@ -200,7 +200,7 @@ def read_aedat2(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def detect_aedat2_layout(addr: np.ndarray, header: list[str] | None = None) -> str:
-    """'dvs128' or 'davis', decided from the addresses (FORMATS.md (d)); the header's AEChip only
+    """'dvs128' or 'davis', decided from the addresses; the header's AEChip only
     breaks a tie (no events).
 
     DVS128 addresses use only the low 16 bits. In the DAVIS layout a DVS event (bit 31 clear)

@@ -1,5 +1,5 @@
 """DVS action recognition (the reference's ``recogition``; PAF, Miao et al. 2019; DAVIS346;
-10 actions), FORMATS.md (f).
+10 actions).
 
     DIR/{train,test}/<class>/<sample>.npy     a (4, N) array, rows t (us), x (0..345), y (0..259), p
 
@@ -8,8 +8,8 @@ jumping 6, kicking 7, sit-down 8, waving 9 (case, spaces, '_' and '-' are ignore
 ``python3 -m datasets.prepare recognition --raw RAW --out DIR`` writes this layout from the jAER
 AEDAT 2.0 recordings (RAW/<class>/*.aedat, or RAW/{train,test}/<class>/*.aedat).
 
-Training windows: the reference starts every window at the LAST event (nearly empty frames,
-SPEC.md section 8). ``-recognition_window first`` (default, a listed deviation) starts at a random
+Training windows: the reference starts every window at the LAST event (nearly empty frames).
+``-recognition_window first`` (default, a listed deviation) starts at a random
 time (RCS) or at the first event; ``-recognition_window last`` reproduces the reference.
 """
 from __future__ import annotations

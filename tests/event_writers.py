@@ -1,6 +1,6 @@
 """Independent writers of the raw event formats, for round-trip tests of datasets/readers.py.
 
-Written from the format descriptions (../shared/FORMATS.md) with struct and plain Python loops,
+Written from the published format descriptions with struct and plain Python loops,
 sharing no code with the readers under test."""
 from __future__ import annotations
 

@@ -161,7 +161,23 @@ def test_action_reference_and_full_decoding(tmp_path):
     assert len(train.load(train.items[0])[0]) == 200
     train_r, _ = create_dataset(make_args("action", dvs, ds=2))
     ev = train_r.load(train_r.items[0])[0]
-    assert len(ev) == 200 and ev.x.min() >= 120 and ev.y.max() == 0
+    assert len(ev) == 199 and ev.x.min() >= 120 and ev.y.max() == 0   # the last record is never decoded
+
+
+def test_action_reference_decoding_skips_the_files_last_record(tmp_path):
+    """The reference's read loop moves past a record and tests for the end of the file before
+    decoding it: the file's last record (here also the earliest in time) is never decoded."""
+    from datasets.daily_action import decode
+    recs = [(davis_address(5, 6, 1, width=128), 100), (davis_address(7, 8, 0, width=128), 200),
+            (davis_address(9, 10, 1, width=128), 150)]
+    f = tmp_path / "climb" / "cc00.aedat"
+    write_aedat2(f, recs, chip="eu.seebetter.ini.chips.davis.Davis346red")
+    ev, layout = decode(str(f), "reference")
+    assert layout == "davis" and ev.t.tolist() == [100, 200]
+    assert ev.x.tolist() == [5, 7] and ev.y.tolist() == [6, 8] and ev.p.tolist() == [1, 0]
+    full, _ = decode(str(f), "full")
+    assert full.t.tolist() == [100, 150, 200] and full.first_backwards == 2
+    assert full.x.tolist() == [218 + 5, 218 + 9, 218 + 7]       # 345 - (127 - x) on the DAVIS346
 
 
 def test_action_missing_class_folder(tmp_path):
@@ -283,8 +299,39 @@ def test_event_drop_reference_and_fixed():
         if not keep.all():
             d = ev.select(~keep)
             assert d.x.max() - d.x.min() <= 128 * 0.95 + 1 and d.y.max() - d.y.min() <= 128 * 0.95 + 1
-    out = ref(ev, int(t[0]), 10**9, np.random.default_rng(3))
+    out = fixed(ev, int(t[0]), 10**9, np.random.default_rng(3))
     assert 0 < len(out) <= n and np.all(np.diff(out.t) >= 0)
+
+
+def test_event_drop_random_drop_order():
+    """The reference's random drop (random.sample) hands the framing its survivors in random order;
+    "fixed" keeps the same survivors in time order."""
+    t, x, y, p = random_events(50, 128, 128, seed=6, span=90_000)
+    ev = make_events(t, p, x, y)
+    seed = next(s for s in range(100) if np.random.default_rng(s).integers(0, 4) == 3)
+    out = EventDrop("reference", ds=4)(ev, int(t[0]), 90_000, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    rng.integers(0, 4)                                   # the option: 3, random drop
+    ratio = int(rng.integers(1, 10)) / 10.0
+    kept = rng.choice(50, size=50 - int(50 * ratio), replace=False)
+    assert out.t.tolist() == ev.t[kept].tolist() and np.any(np.diff(out.t) < 0)
+    fixed = EventDrop("fixed", ds=4)(ev, int(t[0]), 90_000, np.random.default_rng(seed))
+    assert fixed.t.tolist() == np.sort(ev.t[kept]).tolist()
+    # the training item frames the survivors in the order EventDrop returned them (seed 4: its
+    # generator (seed, epoch, index) draws the random drop)
+    args = make_args("gait_day", "unused", T=3, dt=10, ds=4, seed=4)
+    from datasets.framed import train_test_sets
+    from datasets.events import count_frames
+    train, _ = train_test_sets(args, (128, 128), ([0], lambda _: (ev, 0)), ([0], lambda _: (ev, 0)),
+                               "gait", event_transform=EventDrop("reference", ds=4))
+    x, _ = train[0]
+    rng = np.random.default_rng([4, 0, 0])
+    start = int(rng.integers(int(t[0]), int(t[-1]) - 30_000 + 1))
+    w = EventDrop("reference", ds=4)(ev, start, 30_000, rng)
+    assert np.any(np.diff(w.t) < 0)
+    np.testing.assert_array_equal(x.numpy(), count_frames(w, 3, 10_000, (128, 128), 4))
+    in_order = w.select(np.argsort(w.t, kind="stable"))
+    assert not np.array_equal(x.numpy(), count_frames(in_order, 3, 10_000, (128, 128), 4))
 
 
 def test_train_and_test_samples_take_a_fixed_balanced_subset():
@@ -303,3 +350,14 @@ def test_train_and_test_samples_take_a_fixed_balanced_subset():
     assert tr.dataset.epoch == 3                                      # forwarded to the dataset
     x, y = tr[0]
     assert x.shape == (8, 2, 16, 16) and y == tr.dataset.items[tr.indices[0]] % 10
+
+
+def test_reader_flags_and_their_defaults():
+    import config
+    a = config.parse_args([])
+    assert (a.interval_scaling_empty, a.gesture_clip_times) == ("zeros", "signed")
+    assert (a.action_decode, a.gait_eventdrop) == ("reference", "reference")
+    a = config.parse_args(["-interval_scaling_empty", "nan", "-gesture_clip_times", "uint32"])
+    assert (a.interval_scaling_empty, a.gesture_clip_times) == ("nan", "uint32")
+    with pytest.raises(SystemExit):
+        config.parse_args(["-gesture_clip_times", "int64"])

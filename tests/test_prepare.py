@@ -281,3 +281,25 @@ def test_action_check_only(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "address layouts detected: davis 25" in text and "'(n)' in the name" in text
     assert "-action_decode reference keeps" in text
+
+
+def test_timestamps_that_go_backwards_are_reported(tmp_path, capsys):
+    from test_datasets import _action_tree
+    root = tmp_path / "DailyAction-DVS"
+    _action_tree(root, n=1)
+    reset = root / "jump" / "cc00_jump.aedat"
+    # a timestamp reset after the second record; the third record is the file's last, which the
+    # reference decoding skips, so the reset must come before it
+    recs = [(davis_address(1, 2, 1, width=128), 5000), (davis_address(3, 4, 0, width=128), 6000),
+            (davis_address(5, 6, 1, width=128), 10), (davis_address(7, 8, 1, width=128), 20)]
+    write_aedat2(reset, recs, chip="eu.seebetter.ini.chips.davis.Davis346red")
+    assert main(["action", "--raw", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"note: 1 recording(s) with timestamps that go backwards, e.g. {reset} (event 2)" in text
+    gait = tmp_path / "gait"
+    for split in ("train", "test"):
+        write_gait_text(gait / split / "1" / "w.txt", [30, 10, 20], [1, 2, 3], [4, 5, 6], [1, 0, 1])
+    assert main(["gait", "--raw", str(gait), "--out", str(tmp_path / "gait_out")]) == 0
+    assert "2 recording(s) with timestamps that go backwards" in capsys.readouterr().out
+    ev = np.load(tmp_path / "gait_out" / "train" / "1" / "w.npz")
+    assert ev["t"].tolist() == [10, 20, 30] and ev["x"].tolist() == [2, 3, 1]
