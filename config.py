@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASA split ratio lambda in (0, 1): top-k = int(C*lam) channels, int(T*lam) steps")
     m.add_argument("-ps", default="00111",
                    help="dropout switches, 5 digits of 0/1 for conv1, conv2, conv3, fc1, fc2 (arch A/D)")
+    m.add_argument("-backend", default="fused", choices=("fused", "eager"),
+                   help="how every spiking layer and ASA is computed: fused (one autograd node per "
+                        "layer, models/fused: less memory, faster) or eager (the step-by-step "
+                        "definition under plain autograd, the reference's way); the same values")
     m.add_argument("-num_classes", type=int, default=None,
                    help="number of classes (default: the dataset's)")
     m.add_argument("-pretrained_path", default=None, metavar="FILE",
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RUN_DIR/last.pth works too), or '-resume -name RUN' for -modelPath/RUN. "
                         "The run's own settings are used (flags "
                         "typed now must agree with them, except -device, -num_work, -data_path, "
-                        "-deterministic, -sync_bn, -lean_training); model, optimizer, epoch, best accuracy, "
+                        "-deterministic, -sync_bn, -backend); model, optimizer, epoch, best accuracy, "
                         "random-generator states and metrics.csv continue where the checkpoint was "
                         "written (metrics.csv rows newer than it are dropped and recomputed), so the "
                         "finished run equals an uninterrupted one with the same seed (bitwise on CPU "
@@ -114,13 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
                "seed everything and ask PyTorch for deterministic algorithms (cuDNN deterministic, no "
                "benchmark, torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); prints what "
                "cannot be made deterministic on this device. Seeds are always set")
-    _bool_flag(t, "-lean_training", True,
-               "arch A/D on CPU: the memory-lean training computation (spike convs in channels-last "
-               "layout, BatchNorm + pool computed in the conv output's buffer, ASA's input and the "
-               "LIF membrane potentials recomputed in backward): about half the peak tensor memory "
-               "(arch A, T 60, batch 8: 0.72 vs 1.35 GiB) at the same speed; the same math, but "
-               "float sums in another order (~1e-6 relative). false: the plain computation, bit for "
-               "bit the step-by-step definition. Evaluation always uses the plain one")
     _bool_flag(t, "-sync_bn", True,
                "with several CUDA processes (torchrun), use SyncBatchNorm: batch statistics over the "
                "global batch, as in a one-GPU run. PyTorch has no CPU SyncBatchNorm: on CPU each "
@@ -170,7 +167,7 @@ def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argpar
 
 
 # Flags a resumed run may change: they do not change what is computed (only where or how fast).
-RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "lean_training"}
+RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "backend"}
 # Settings derived from the data or flags that the checkpoint's config records.
 RESUME_DERIVED = ("num_classes", "sensor_size", "augment", "frame_size", "dt")
 

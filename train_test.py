@@ -19,13 +19,16 @@ import sys
 import time
 import warnings
 
-from utils.memory import keep_freed_memory, memory_policy_text
+from utils import allocator
 
-try:
-    keep_freed_memory()     # before torch allocates anything; may re-execute once (utils/memory.py)
-except ValueError as e:     # a bad ASA_MALLOC value
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+if __name__ == "__main__":
+    # re-runs this command once under mimalloc/jemalloc/tcmalloc (utils/allocator.py); here,
+    # before the imports below, only so that the re-execution does not pay for them twice
+    try:
+        allocator.reexec_under_allocator()
+    except allocator.AllocatorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 import numpy as np
 import torch
@@ -36,7 +39,8 @@ from models import create_net, load_pretrained
 from utils import distributed
 from utils.checkpoint import (atomic_save, check_compatible, check_free_space, load_checkpoint, make_checkpoint,
                               probe_writable, rng_state, set_rng_state, state_bytes)
-from utils.engine import NonFiniteLoss, evaluate, reference_lr, set_lr, summarise, train_one_epoch
+from utils.engine import (NonFiniteLoss, evaluate, make_optimizer, reference_lr, set_lr, summarise,
+                          train_one_epoch)
 from utils.errors import UserError
 from utils.loaders import make_loaders
 from utils.metrics import SpikeMonitor
@@ -192,7 +196,7 @@ def _run(args, dist: distributed.Dist, device: torch.device) -> int:
     if dist.active:
         say(f"distributed: {dist.world_size} processes, backend {dist.backend}")
     if device.type == "cpu":
-        say(f"CPU memory policy: {memory_policy_text()}")
+        say(f"CPU allocator: {allocator.describe()}")
     say(batch_plan_text(args, dist.world_size))
     for note in det_notes:
         say(f"deterministic: {note}")
@@ -221,8 +225,7 @@ def _run(args, dist: distributed.Dist, device: torch.device) -> int:
         say(f"test acc {m['test_acc']:.2f}%  NASFR {m['test_nasfr']:.4f}  (eval.json in {run_dir})")
         return 0
 
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
-                                 weight_decay=args.weight_decay)
+    optimizer = make_optimizer(net, args.lr, args.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     if args.amp and device.type != "cuda":
         say("note: -amp has no effect on CPU; training in float32")

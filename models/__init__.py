@@ -47,10 +47,15 @@ def create_net(args: Any) -> nn.Module:
     return builder(args)
 
 
+def backend_of(args: Any) -> str:
+    """``args.backend`` ("fused" when a namespace built outside config.py has none)."""
+    return getattr(args, "backend", "fused")
+
+
 def _lif_snn(args: Any, widths, p: float) -> LIFSNN:
     return LIFSNN(args.T, args.num_classes, args.frame_size, widths=widths, p=p, ps=args.ps,
                   attention=args.attention, reduction=args.reduction, lam=args.lam,
-                  asa_mask=args.asa_mask, lean=getattr(args, "lean_training", True))
+                  asa_mask=args.asa_mask, backend=backend_of(args))
 
 
 @register("A")
@@ -66,14 +71,15 @@ def _arch_d(args: Any) -> nn.Module:
 @register("B")
 def _arch_b(args: Any) -> nn.Module:
     return PLIFSNN(args.T, args.num_classes, args.frame_size, neuron="plif", widths=(128,) * 5,
-                   pool="max", attention=args.attention, asa_mask=args.asa_mask)
+                   pool="max", attention=args.attention, asa_mask=args.asa_mask,
+                   backend=backend_of(args))
 
 
 @register("C")
 def _arch_c(args: Any) -> nn.Module:
     return PLIFSNN(args.T, args.num_classes, args.frame_size, neuron="lif",
                    widths=(64, 128, 128, 128, 128), pool="avg", attention=args.attention,
-                   asa_mask=args.asa_mask)
+                   asa_mask=args.asa_mask, backend=backend_of(args))
 
 
 def _extract_state_dict(obj: Union[str, os.PathLike, Mapping]) -> Mapping[str, torch.Tensor]:

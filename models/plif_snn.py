@@ -1,4 +1,4 @@
-"""Arch B and C (SPEC section 3): the five-conv-layer spikingjelly-style net of Fang et al. 2021.
+"""Arch B and C (docs/reference.md, "Architectures"): the five-conv-layer spikingjelly-style net of Fang et al. 2021.
 
     5 x [Conv2d(3x3, pad 1, no bias) -> BatchNorm2d -> ASA -> neuron -> pool]
     -> flatten -> Linear(.., 512) -> neuron -> Linear(512, classes*10) -> neuron
@@ -17,21 +17,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .lif_snn import LeanAvgPool2d, LeanMaxPool2d, make_attention, two_valued_input_conv
-from .module.neurons import LIFNode, PLIF
-
-NEURONS = {"plif": PLIF, "lif": LIFNode}
+from .module.Attn import make_attention
+from .module.neurons import NEURONS
 
 
 class ConvAttNeuron(nn.Module):
     """[conv (no bias) -> BN -> attention -> neuron] on ``[N, T, C, H, W]``."""
 
-    def __init__(self, in_ch: int, out_ch: int, attn: nn.Module, neuron: nn.Module,
-                 spike_input: bool = False):
+    def __init__(self, in_ch: int, out_ch: int, attn: nn.Module, neuron: nn.Module):
         super().__init__()
-        # input is max-pooled spikes (0/1): saved compactly for the conv's backward (plain
-        # attribute, not in the state_dict; bench/reference_step.py switches it off)
-        self.compact_input = spike_input
         self.conv = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False))
         self.bn = nn.Sequential(nn.BatchNorm2d(out_ch))
         self.attn = attn
@@ -39,8 +33,7 @@ class ConvAttNeuron(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
-        x = x.flatten(0, 1)
-        y = self.bn(two_valued_input_conv(self.conv, x) if self.compact_input else self.conv(x))
+        y = self.bn(self.conv(x.flatten(0, 1)))
         return self.spike(self.attn(y.unflatten(0, (n, t))))
 
 
@@ -61,7 +54,7 @@ class FramePool(nn.Module):
 
     def __init__(self, kind: str):
         super().__init__()
-        self.pool = LeanMaxPool2d(2) if kind == "max" else LeanAvgPool2d(2)
+        self.pool = nn.MaxPool2d(2) if kind == "max" else nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
@@ -79,7 +72,7 @@ class PLIFSNN(nn.Module):
         widths: the five conv widths (B: 128 x 5; C: 64, 128, 128, 128, 128).
         pool: 'max' (B) or 'avg' (C) for the pools after blocks 1..4.
         attention, asa_mask: the ASA of every conv layer ('no' = identity); reduction 1, λ 0.5.
-        fused: use the fused neuron autograd function (False = eager loop).
+        backend: "fused" or "eager" for every neuron and ASA (the same values; models/fused).
     """
 
     hidden = 512
@@ -87,7 +80,7 @@ class PLIFSNN(nn.Module):
 
     def __init__(self, T: int, num_classes: int, frame_size: Sequence[int], neuron: str = "plif",
                  widths: Sequence[int] = (128,) * 5, pool: str = "max", attention: str = "ASA",
-                 asa_mask: str = "reference", fused: bool = True):
+                 asa_mask: str = "reference", backend: str = "fused"):
         super().__init__()
         if neuron not in NEURONS:
             raise ValueError(f"neuron must be one of {sorted(NEURONS)}, got {neuron!r}")
@@ -100,10 +93,8 @@ class PLIFSNN(nn.Module):
         pools = (pool,) * 4 + ("max",)
         self.ConvAttLIFs = nn.ModuleList()
         for i in range(5):
-            attn = make_attention(attention, T, chans[i + 1], 1, 0.5, asa_mask)
-            # block i > 0 reads pooled spikes: two-valued after a max pool (B), not after avg (C)
-            block = ConvAttNeuron(chans[i], chans[i + 1], attn, make_neuron(fused=fused),
-                                  spike_input=i > 0 and pools[i - 1] == "max")
+            attn = make_attention(attention, T, chans[i + 1], 1, 0.5, asa_mask, backend)
+            block = ConvAttNeuron(chans[i], chans[i + 1], attn, make_neuron(backend=backend))
             self.ConvAttLIFs.append(nn.Sequential(block, FramePool(pools[i])))
         x_size, y_size = (s // 2 ** 5 for s in frame_size)
         if x_size < 1 or y_size < 1:
@@ -111,9 +102,9 @@ class PLIFSNN(nn.Module):
         # Index 0 of each FCs entry is parameter-free; it keeps the authors' key layout (FCs.<i>.1).
         self.FCs = nn.ModuleList([
             nn.Sequential(nn.Flatten(2), FCNeuron(chans[-1] * x_size * y_size, self.hidden,
-                                                  make_neuron(fused=fused))),
+                                                  make_neuron(backend=backend))),
             nn.Sequential(nn.Identity(), FCNeuron(self.hidden, num_classes * self.voting,
-                                                  make_neuron(fused=fused))),
+                                                  make_neuron(backend=backend))),
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

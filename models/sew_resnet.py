@@ -35,10 +35,8 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
-from .lif_snn import make_attention
-from .module.neurons import LIFNode, PLIF
-
-NEURONS = {"plif": PLIF, "lif": LIFNode}
+from .module.Attn import make_attention
+from .module.neurons import NEURONS
 
 
 def _frames(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +92,7 @@ class SEWResNet18(nn.Module):
     def __init__(self, T: int, num_classes: int, attention: str = "ASA", reduction: int = 1,
                  lam: float = 0.5, asa_mask: str = "reference", neuron: str = "plif",
                  widths: Sequence[int] = (64, 128, 256, 512), in_channels: int = 2,
-                 fused: bool = True):
+                 backend: str = "fused"):
         super().__init__()
         if neuron not in NEURONS:
             raise ValueError(f"neuron must be one of {sorted(NEURONS)}, got {neuron!r}")
@@ -102,10 +100,10 @@ class SEWResNet18(nn.Module):
             raise ValueError(f"SEWResNet18 needs 4 widths, got {tuple(widths)}")
 
         def make_attn(ch):
-            return make_attention(attention, T, ch, reduction, lam, asa_mask)
+            return make_attention(attention, T, ch, reduction, lam, asa_mask, backend)
 
         def make_neuron():
-            return NEURONS[neuron](fused=fused)
+            return NEURONS[neuron](backend=backend)
 
         self.stem = ConvBNAttSN(in_channels, widths[0], 7, 2, make_attn(widths[0]), make_neuron())
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -158,9 +156,9 @@ def _build(args) -> SEWResNet18:
         raise UserError(f"-arch sew18: -T {args.T} is not compatible with -reduction {args.reduction} "
                         f"(ASA's fc needs T // reduction >= 1)")
     return SEWResNet18(args.T, args.num_classes, attention=args.attention, reduction=args.reduction,
-                       lam=args.lam, asa_mask=args.asa_mask)
+                       lam=args.lam, asa_mask=args.asa_mask, backend=backend_of(args))
 
 
-from . import register  # noqa: E402  (models/__init__.py imports this module at its end)
+from . import backend_of, register  # noqa: E402  (models/__init__.py imports this module at its end)
 
 register("sew18")(_build)

@@ -9,10 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 sys.path.insert(0, str(ROOT))
 
-from utils.memory import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()   # as train_test.py does: avoids a page fault storm on every tensor
-
 
 def shared_dir() -> Path | None:
     """../shared beside the checkout (CI has it, a user's clone does not); ASA_SHARED overrides."""

@@ -143,7 +143,7 @@ def test_golden_networks_on_cuda():
 @pytest.mark.parametrize("arch, T, size, ps", [("A", 6, 32, "00000"), ("B", 4, 64, "00000"),
                                                ("C", 4, 64, "00000"), ("D", 6, 32, "00000")])
 def test_training_step_on_cuda_equals_cpu(arch, T, size, ps):
-    """float64 on both devices: the fused/lean CPU path and the CUDA path give the same logits,
+    """float64 on both devices: the CPU and CUDA paths give the same logits,
     spikes and parameter gradients (a threshold flip would show as a large difference)."""
     torch.manual_seed(0)
     cpu = create_net(net_args(arch, T, size, ps=ps, num_classes=20 if arch == "D" else 11)).double().train()

@@ -1,11 +1,14 @@
-"""Fused paths (issue 5) against their eager definitions: LIF, PLIF/LIFNode, ASA, lean pools, nets.
+"""The fused backend (models/fused) against the eager definitions: LIF, PLIF/LIFNode, ASA, whole nets.
 
 Forward spikes/outputs must be bit-identical; gradients equal to ~1e-6 (float32) or 1e-12 (float64).
 """
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from models.lif_snn import LeanAvgPool2d, LeanMaxPool2d
+from models import create_net
 from models.module.Attn import ASA
 from models.module.LIF import LIF, lif_eager
 from models.module.neurons import LIFNode, PLIF
@@ -21,6 +24,15 @@ def run(fn, x, grad_out, params=()):
     out = fn(xi)
     grads = torch.autograd.grad(out, [xi, *params], grad_out)
     return out.detach(), grads
+
+
+def eager(module):
+    """A copy of ``module`` (same parameters) computing with the eager backend."""
+    twin = copy.deepcopy(module)
+    for m in twin.modules():
+        if hasattr(m, "backend"):
+            m.backend = "eager"
+    return twin
 
 
 def non_contiguous(x):
@@ -39,8 +51,8 @@ def test_fused_lif_equals_eager(shape, layout):
         x = non_contiguous(x)
         assert not x.is_contiguous() or shape[1] == 1 or shape[0] == 1
     g = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    s_f, (gx_f,) = run(LIF(fused=True), x, g)
-    s_e, (gx_e,) = run(LIF(fused=False), x, g)
+    s_f, (gx_f,) = run(LIF(), x, g)
+    s_e, (gx_e,) = run(LIF(backend="eager"), x, g)
     assert torch.equal(s_f, s_e)
     torch.testing.assert_close(gx_f, gx_e, rtol=1e-5, atol=1e-6)
 
@@ -49,7 +61,7 @@ def test_fused_lif_equals_eager(shape, layout):
 def test_fused_lif_other_constants_float64(kwargs):
     x = currents((3, 12, 4), seed=2, dtype=torch.float64)
     g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    s_f, (gx_f,) = run(LIF(fused=True, **kwargs), x, g)
+    s_f, (gx_f,) = run(LIF(**kwargs), x, g)
     s_e, (gx_e,) = run(lambda v: lif_eager(v, **{**dict(vth=0.3, decay=0.3, beta=0.0, vreset=0.0,
                                                         lens=0.25), **kwargs}), x, g)
     assert torch.equal(s_f, s_e)
@@ -58,7 +70,7 @@ def test_fused_lif_other_constants_float64(kwargs):
 
 def test_lif_threshold_ties_and_half_input():
     x = torch.tensor([[[0.3], [0.3], [0.0], [0.29999998]]])       # u exactly at Vth fires
-    assert LIF()(x).flatten().tolist() == LIF(fused=False)(x).flatten().tolist() == [1, 1, 0, 0]
+    assert LIF()(x).flatten().tolist() == LIF(backend="eager")(x).flatten().tolist() == [1, 1, 0, 0]
     xh = currents((2, 5, 3)).half()
     s = LIF()(xh)                        # AMP: integrated in float32, spikes back in half
     assert s.dtype == torch.float16 and torch.equal(s.float(), LIF()(xh.float()))
@@ -73,8 +85,8 @@ def test_fused_decay_input_nodes_equal_eager(node, shape, layout):
         x = non_contiguous(x)
     g = torch.randn(shape, generator=torch.Generator().manual_seed(6))
     results = []
-    for fused in (True, False):
-        mod = PLIF(fused=fused) if node == "plif" else LIFNode(fused=fused)
+    for backend in ("fused", "eager"):
+        mod = PLIF(backend=backend) if node == "plif" else LIFNode(backend=backend)
         if node == "plif":
             with torch.no_grad():
                 mod.w.fill_(0.4)
@@ -89,8 +101,8 @@ def test_fused_plif_float64_exact_gradients():
     x = currents((2, 10, 3, 4), seed=8, scale=1.5, shift=0.8, dtype=torch.float64)
     g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     res = []
-    for fused in (True, False):
-        mod = PLIF(fused=fused).double()
+    for backend in ("fused", "eager"):
+        mod = PLIF(backend=backend).double()
         res.append(run(mod, x, g, (mod.w,)))
     assert torch.equal(res[0][0], res[1][0])
     for a, b in zip(res[0][1], res[1][1]):
@@ -106,9 +118,9 @@ def test_fused_asa_equals_eager(mask, N, T, C, H, r):
     x = torch.randn(N, T, C, H, H)
     x[:, :, :, 0, 0] = -1.0                        # ties at the masked max (zeros) for some maps
     g = torch.randn_like(x)
-    params = (asa.conv1.weight, asa.conv2.weight)
-    y_f, g_f = run(asa, x, g, params)
-    y_e, g_e = run(asa.forward_eager, x, g, params)
+    twin = eager(asa)
+    y_f, g_f = run(asa, x, g, (asa.conv1.weight, asa.conv2.weight))
+    y_e, g_e = run(twin, x, g, (twin.conv1.weight, twin.conv2.weight))
     assert torch.equal(y_f, y_e)
     for a, b in zip(g_f, g_e):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()))
@@ -122,8 +134,9 @@ def test_fused_asa_max_ties_route_to_first_index(mask):
     asa = ASA(6, 5, mask=mask)
     x = torch.randint(-2, 3, (3, 6, 5, 4, 4)).float()
     g = torch.randn_like(x)
+    twin = eager(asa)
     y_f, g_f = run(asa, x, g, (asa.conv1.weight, asa.conv2.weight))
-    y_e, g_e = run(asa.forward_eager, x, g, (asa.conv1.weight, asa.conv2.weight))
+    y_e, g_e = run(twin, x, g, (twin.conv1.weight, twin.conv2.weight))
     assert torch.equal(y_f, y_e)
     for a, b in zip(g_f, g_e):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -134,48 +147,46 @@ def test_fused_asa_non_contiguous_input():
     x = non_contiguous(torch.randn(3, 5, 6, 4, 4))
     g = torch.randn(3, 5, 6, 4, 4)
     y_f, (gx_f,) = run(asa, x, g)
-    y_e, (gx_e,) = run(asa.forward_eager, x, g)
+    y_e, (gx_e,) = run(eager(asa), x, g)
     assert torch.equal(y_f, y_e)
     torch.testing.assert_close(gx_f, gx_e, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [(8, 8), (7, 9), (5, 4)], ids=str)
-@pytest.mark.parametrize("k", [2, 3])
-def test_lean_pools_equal_torch_pools(size, k):
-    if min(size) < k:
-        pytest.skip("window larger than the map")
-    x = torch.randn(3, 4, *size)
-    x[0] = (x[0] > 0).float()                     # binary maps: every window has ties
-    for lean, ref in ((LeanAvgPool2d(k), torch.nn.AvgPool2d(k)), (LeanMaxPool2d(k), torch.nn.MaxPool2d(k))):
-        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        ya, yb = lean(a), ref(b)
-        go = torch.randn_like(ya)
-        ya.backward(go)
-        yb.backward(go)
-        assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+def small_net(arch, T, size, backend="fused"):
+    return create_net(SimpleNamespace(arch=arch, T=T, attention="ASA", asa_mask="reference", reduction=2,
+                                      lam=0.5, ps="00111", num_classes=11, frame_size=(size, size),
+                                      backend=backend))
 
 
-@pytest.mark.parametrize("arch, T, size", [("A", 6, 32), ("B", 4, 64)])
-def test_whole_net_fused_equals_reference_variant(arch, T, size):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from reference_step import build_net, make_batch, to_reference
+@pytest.mark.parametrize("arch, T, size", [("A", 6, 32), ("B", 4, 64), ("C", 4, 64), ("sew18", 4, 32)])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_whole_net_fused_equals_eager(arch, T, size, mode):
+    """The -backend switch: the same network built both ways gives the same logits (bit for bit)
+    and the same parameter gradients, in evaluation and in training (same dropout masks)."""
     torch.manual_seed(0)
-    net = build_net(arch, "fused", T=T, size=size).eval()        # eval: no dropout masks to match
-    ref = build_net(arch, "fused", T=T, size=size).eval()
+    net = small_net(arch, T, size).train(mode == "train")
+    ref = small_net(arch, T, size, backend="eager").train(mode == "train")
     ref.load_state_dict(net.state_dict())
-    to_reference(ref)
-    x, _ = make_batch(T, (size, size), 2)
-    out = [m(x) for m in (net, ref)]
-    assert torch.equal(out[0], out[1])
-    grads = []
-    for m, o in zip((net, ref), out):
+    x = (torch.rand(2, T, 2, size, size, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    out, grads = [], []
+    for m in (net, ref):
+        torch.manual_seed(5)                                     # the same dropout masks
+        o = m(x)
         o.square().sum().backward()
+        out.append(o.detach())
         grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert torch.equal(out[0], out[1])
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_backend_reaches_every_spiking_layer_and_asa():
+    net = small_net("A", 4, 32, backend="eager")
+    backends = [m.backend for m in net.modules() if hasattr(m, "backend")]
+    assert len(backends) == 5 + 3 and set(backends) == {"eager"}       # 5 LIF + 3 ASA
+    with pytest.raises(ValueError, match="backend"):
+        LIF(backend="lean")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -193,44 +204,3 @@ def test_fused_paths_on_cuda_equal_cpu():
         torch.testing.assert_close(g_g[0].cpu(), g_c[0], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, T, size", [("A", 6, 32), ("B", 4, 64)])
-def test_compact_spike_input_conv_is_bit_identical_in_training(arch, T, size):
-    """Convs reading spikes save them as bool + value: same outputs and gradients, bit for bit,
-    with dropout active (arch A, ps 00111: the conv input is dropped-out spikes)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from reference_step import build_net, make_batch
-    torch.manual_seed(0)
-    net = build_net(arch, "fused", T=T, size=size).train()
-    plain = build_net(arch, "fused", T=T, size=size).train()
-    plain.load_state_dict(net.state_dict())
-    assert any(getattr(m, "compact_input", False) for m in net.modules())
-    for m in (*net.modules(), *plain.modules()):     # the plain path (the lean one: test_lean.py)
-        if hasattr(m, "lean"):
-            m.lean = False
-    for m in plain.modules():
-        if hasattr(m, "compact_input"):
-            m.compact_input = False
-    x, _ = make_batch(T, (size, size), 3)
-    outs, grads = [], []
-    for m in (net, plain):
-        torch.manual_seed(1)                                     # same dropout masks
-        o = m(x)
-        o.square().sum().backward()
-        outs.append(o.detach())
-        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
-    assert torch.equal(outs[0], outs[1])
-    assert grads[0].keys() == grads[1].keys()
-    for n in grads[0]:
-        assert torch.equal(grads[0][n], grads[1][n]), n
-
-
-def test_compact_conv_keeps_forward_hooks():
-    """A forward hook on a spike-input conv still fires in training (the compact path steps aside)."""
-    from models.lif_snn import LIFSNN
-    net = LIFSNN(T=4, num_classes=3, frame_size=(8, 8), widths=(4, 4, 4), reduction=1).train()
-    seen = []
-    net.ConvAttLIFs[1].conv[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
-    net(torch.rand(2, 4, 2, 8, 8)).sum().backward()
-    assert seen == [torch.Size([8, 4, 8, 8])]

@@ -15,24 +15,24 @@ def currents(shape, seed=0, dtype=torch.float32):
     return (torch.randn(shape, generator=g, dtype=torch.float64) * 0.6 + 0.25).to(dtype)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_lif_three_steps_by_hand(fused):
+@pytest.mark.parametrize("backend", ["fused", "eager"])
+def test_lif_three_steps_by_hand(backend):
     # neuron 0: u = 0.2, 0.26, 0.578 -> fires at t=2 (h: 0.06, 0.078)
     # neuron 1: u = 0.4 (fires, h = 0), 0.1 (h = 0.03), 0.28
     # neuron 2: u = 0.3 exactly -> fires (Heaviside of 0 is 1), then 0.25 < Vth
     x = torch.tensor([[[0.2, 0.4, 0.3], [0.2, 0.1, 0.25], [0.5, 0.25, 0.0]]])       # [N=1, T=3, 3]
-    spikes = LIF(fused=fused)(x)
+    spikes = LIF(backend=backend)(x)
     assert torch.equal(spikes, torch.tensor([[[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]))
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_lif_gradient_by_hand(fused):
+@pytest.mark.parametrize("backend", ["fused", "eager"])
+def test_lif_gradient_by_hand(backend):
     # I = 0.2 each step: u = 0.2, 0.26, 0.278, all silent and all inside the window (surrogate 2).
     # d(sum s)/dI2 = 2
     # d/dI1 = (1 + 0.6*(0 - 0.26))*2 + 0.6*1       = 2.288      (0.6 = decay * g_u2)
     # d/dI0 = (1 + 0.6864*(0 - 0.2))*2 + 0.6864    = 2.41184    (0.6864 = decay * 2.288)
     x = torch.full((1, 3, 1), 0.2, dtype=torch.float64, requires_grad=True)
-    s = LIF(fused=fused)(x)
+    s = LIF(backend=backend)(x)
     s.sum().backward()
     assert s.sum() == 0
     torch.testing.assert_close(x.grad.flatten(), torch.tensor([2.41184, 2.288, 2.0], dtype=torch.float64))
@@ -51,9 +51,9 @@ def test_fused_lif_equals_eager_spikes_and_gradients():
     x = currents((4, 9, 3, 5, 5))
     grad_out = torch.randn_like(x)
     results = []
-    for fused in (True, False):
+    for backend in ("fused", "eager"):
         xi = x.clone().requires_grad_(True)
-        s = LIF(fused=fused)(xi)
+        s = LIF(backend=backend)(xi)
         (s * grad_out).sum().backward()
         results.append((s, xi.grad))
     (s_f, g_f), (s_e, g_e) = results
@@ -66,7 +66,7 @@ def test_fused_lif_jacobian_equals_eager_jacobian():
     """gradcheck-style: the full analytic Jacobian of the fused path equals autograd's on the eager
     definition (numerical differences are useless here: the Heaviside step has no derivative)."""
     x = currents((2, 6, 3), seed=3, dtype=torch.float64)
-    jac_fused = torch.autograd.functional.jacobian(LIF(fused=True), x)
+    jac_fused = torch.autograd.functional.jacobian(LIF(), x)
     jac_eager = torch.autograd.functional.jacobian(lif_eager, x)
     torch.testing.assert_close(jac_fused, jac_eager, rtol=0, atol=1e-12)
     assert jac_fused.abs().sum() > 0
@@ -95,8 +95,8 @@ def spikingjelly_reference(kind, x, grad_out, w):
     return spikes, xr.grad, (node.w.grad if kind == "plif" else None)
 
 
-def ours(kind, x, grad_out, w, fused):
-    node = PLIF(fused=fused) if kind == "plif" else LIFNode(fused=fused)
+def ours(kind, x, grad_out, w, backend):
+    node = PLIF(backend=backend) if kind == "plif" else LIFNode(backend=backend)
     node = node.to(x.device, x.dtype)
     if kind == "plif":
         with torch.no_grad():
@@ -107,13 +107,13 @@ def ours(kind, x, grad_out, w, fused):
     return spikes, xo.grad, (node.w.grad if kind == "plif" else None)
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
+@pytest.mark.parametrize("backend", ["fused", "eager"])
 @pytest.mark.parametrize("kind, w", [("plif", 0.0), ("plif", 0.7), ("lif", None)])
-def test_bc_neurons_match_spikingjelly(kind, w, fused, device="cpu"):
+def test_bc_neurons_match_spikingjelly(kind, w, backend, device="cpu"):
     x = (currents((3, 8, 4, 6, 6), seed=5) * 2.5 + 0.5).to(device)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(device)
     s_ref, gx_ref, gw_ref = spikingjelly_reference(kind, x, grad_out, w)
-    s, gx, gw = ours(kind, x, grad_out, w, fused)
+    s, gx, gw = ours(kind, x, grad_out, w, backend)
     assert torch.equal(s, s_ref) and 0.05 < s.mean() < 0.95
     torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
     if kind == "plif":
@@ -124,7 +124,7 @@ def test_bc_neurons_match_spikingjelly(kind, w, fused, device="cpu"):
 @CUDA
 @pytest.mark.parametrize("kind, w", [("plif", 0.3), ("lif", None)])
 def test_bc_neurons_match_spikingjelly_on_cuda(kind, w):
-    test_bc_neurons_match_spikingjelly(kind, w, fused=True, device="cuda")
+    test_bc_neurons_match_spikingjelly(kind, w, backend="fused", device="cuda")
 
 
 @CUDA

@@ -29,17 +29,45 @@ def reference_lr(epoch: int, base_lr: float, T_0: int, eta_min: float = 1e-6) ->
     return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t_cur / T_0)) / 2
 
 
+def make_optimizer(net, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """The reference's optimizer: Adam, betas 0.9/0.999, eps 1e-8."""
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=weight_decay)
+
+
 def set_lr(optimizer, lr: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = lr
 
 
-def _logits(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, enabled=enabled and device.type == "cuda")
+
+
+def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler=None,
+               weight: float = 1.0, all_finite=None):
+    """One optimisation step on the batch (x, y) already on the device; returns (loss, logits),
+    both detached. ``weight`` scales the loss that is backpropagated (several processes, see
+    :func:`train_one_epoch`); ``all_finite(bool) -> bool`` agrees on finiteness over processes.
+    Raises NonFiniteLoss before the update when the loss is not finite."""
+    with autocast(x.device, amp):
+        logits = net(x)
+        loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())
+    finite = bool(torch.isfinite(loss))
+    if all_finite is not None:
+        finite = all_finite(finite)
+    if not finite:
+        raise NonFiniteLoss(f"non-finite training loss ({loss.item()})")
+    optimizer.zero_grad(set_to_none=True)
+    scaled = loss if weight == 1 else loss * weight
+    if scaler is not None:
+        scaler.scale(scaled).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        scaled.backward()
+        optimizer.step()
+    return loss.detach(), logits.detach()
 
 
 def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int = 0,
@@ -51,9 +79,8 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
     that count, samples of the global batch) (utils/loaders.ShardedBatchSampler.plan). The rank's
     mean loss is weighted by world_size * counted / global, so DDP's gradient average equals the
     gradient of the mean loss over the global batch whatever the split; a stand-in sample
-    (counted = 0) gets weight 0 and is left out of the sums. ``all_finite(bool) -> bool`` tells
-    whether the loss is finite on every rank, so all ranks stop at the same batch. In a single
-    process the weight is 1 and the loss is used as it is."""
+    (counted = 0) gets weight 0 and is left out of the sums. In a single process the weight is 1
+    and the loss is used as it is."""
     net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -63,28 +90,14 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
         x = x.to(device, non_blocking=True).float()
         y = y.to(device, non_blocking=True)
         counted, global_n = plan[b] if plan is not None else (len(y), len(y))
-        with autocast(device, amp):
-            logits = _logits(net(x))
-            loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())
-        finite = bool(torch.isfinite(loss))
-        if all_finite is not None:
-            finite = all_finite(finite)
-        if not finite:
-            raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at epoch {epoch} "
-                                f"(0-based, as in metrics.csv), batch {b}")
-        weight = world_size * counted / global_n
-        train_loss = loss if weight == 1 else loss * weight
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(train_loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            train_loss.backward()
-            optimizer.step()
+        try:
+            loss, logits = train_step(net, x, y, optimizer, num_classes, amp, scaler,
+                                      world_size * counted / global_n, all_finite)
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"{e} at epoch {epoch} (0-based, as in metrics.csv), batch {b}") from None
         if counted:
-            loss_sum += loss.detach().double() * counted
-            correct += (logits.detach()[:counted].argmax(1) == y[:counted]).sum()
+            loss_sum += loss.double() * counted
+            correct += (logits[:counted].argmax(1) == y[:counted]).sum()
             seen += counted
         if progress:
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -106,7 +119,7 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
             y = y.to(device, non_blocking=True)
             clip = x.shape[1]
             with autocast(device, amp):
-                logits = _logits(net(x.flatten(0, 1))).float()
+                logits = net(x.flatten(0, 1)).float()
             target = F.one_hot(y, num_classes).float().repeat_interleave(clip, dim=0)
             loss_sum += F.mse_loss(logits, target, reduction="sum").double() / num_classes / clip
             correct += clip_vote(logits, y, clip).sum()

@@ -34,28 +34,11 @@ MAX_VALUES = 200_000           # histogram subsample per panel
 
 
 def membrane_and_threshold(module, current: torch.Tensor):
-    """(membrane potential [N, T, ...] before the spike decision, threshold) of a spiking layer."""
-    from models.module.LIF import LIF
-    from models.module.neurons import _DecayInputNode
-    x = current.detach().float()
-    out = torch.empty_like(x)
-    if isinstance(module, LIF):
-        h = torch.zeros_like(x[:, 0])
-        for t in range(x.shape[1]):
-            u = h + x[:, t]
-            s = (u - module.vth >= 0).float()
-            h = (s * module.vreset + (1 - s) * u) * module.decay + module.beta
-            out[:, t] = u
-        return out, float(module.vth)
-    if isinstance(module, _DecayInputNode):
-        k = module.charge_factor(x).detach()
-        v = torch.zeros_like(x[:, 0])
-        for t in range(x.shape[1]):
-            h = v + (x[:, t] - v) * k
-            v = (1 - (h - module.v_threshold >= 0).float()) * h
-            out[:, t] = h
-        return out, float(module.v_threshold)
-    raise TypeError(f"no membrane equations known for {type(module).__name__}")
+    """(membrane potential [N, T, ...] before the spike decision, threshold) of a spiking layer:
+    the neuron's own definition replayed on its input current."""
+    if not hasattr(module, "membrane_potential"):
+        raise TypeError(f"no membrane equations known for {type(module).__name__}")
+    return module.membrane_potential(current.detach())
 
 
 @torch.no_grad()
