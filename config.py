@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(d, "-is_train_Enhanced", True,
                "random consecutive slice (RCS) training windows; false starts every window at time 0")
     _bool_flag(d, "-is_spike", False, "binarise frames (count > 0 -> 1)")
-    _bool_flag(d, "-interval_scaling", False, "divide each sample's frames by their maximum count")
+    _bool_flag(d, "-interval_scaling", False, "divide each window's frames by their maximum count (a "
+               "training item, and each test clip on its own, as the authors' readers do)")
     d.add_argument("-num_work", type=int, default=2, help="DataLoader worker processes")
     add_dataset_arguments(d)
 

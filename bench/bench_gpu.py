@@ -1,11 +1,12 @@
-"""Training-step benchmark on CUDA: shipped (fused) vs reference-style step, float32 and AMP.
+"""Training-step benchmark on CUDA: the CLI's step, fused vs eager backend, float32 and AMP.
 
     python3 bench/bench_gpu.py                 # arch A + ASA (T 60, 32x32) and arch B + ASA (T 20, 128x128)
     python3 bench/bench_gpu.py --only A --steps 20
     python3 bench/bench_gpu.py --batch 16      # another batch size (default 8, the paper's)
 
-The step is the one of bench/reference_step.py (forward, MSE, backward, Adam), as train_test.py
-runs it: float32 with TF32 at PyTorch's defaults (off for matmuls, on for cuDNN convolutions);
+The step is train_test.py's own (bench/common.py: the paper's flags through config.py, the network
+with the SpikeMonitor's hooks, utils.engine.train_step); "eager" is ``-backend eager``, the
+reference's way of computing. float32 with TF32 at PyTorch's defaults (off for matmuls, on for cuDNN convolutions);
 "amp" = torch.autocast(float16) + GradScaler, train_test.py's ``-amp``. Per configuration: median
 step time over ``--steps`` after warm-up (CUDA events, so the GPU's time, with host overhead that
 delays the GPU included), samples/s, peak CUDA memory (max_memory_allocated), FLOPs of one step
@@ -44,33 +45,14 @@ def matmul_tflops(dtype, tf32: bool = False, n: int = 8192, reps: int = 10) -> f
         torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def time_config(arch: str, variant: str, amp: bool, batch: int, steps: int, warmup: int) -> dict:
+def time_config(arch: str, backend: str, amp: bool, batch: int, steps: int, warmup: int) -> dict:
     import torch
-    import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
-    from reference_step import CONFIGS, build_net, make_batch
+    from common import cli_step
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    torch.manual_seed(0)
-    cfg = CONFIGS[arch]
-    net = build_net(arch, variant).cuda().train()
-    x, y = make_batch(cfg["T"], cfg["frame_size"], batch)
-    x, target = x.cuda(), F.one_hot(y, 11).float().cuda()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            loss = F.mse_loss(net(x).float(), target)
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+    step, net = cli_step(arch, backend, batch=batch, device="cuda", amp=amp)
 
     for _ in range(warmup):
         step()
@@ -90,8 +72,8 @@ def time_config(arch: str, variant: str, amp: bool, batch: int, steps: int, warm
     torch.cuda.synchronize()
     med = statistics.median(times)
     flops = counter.get_total_flops()
-    del net, opt, x, target
-    return {"arch": arch, "variant": variant, "amp": amp, "batch": batch, "step_s": med, "steps_s": times,
+    del net, step
+    return {"arch": arch, "variant": backend, "amp": amp, "batch": batch, "step_s": med, "steps_s": times,
             "samples_per_s": batch / med, "peak_gib": peak, "flops": flops, "tflops": flops / med / 1e12}
 
 
@@ -102,7 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--batch", type=int, default=8, help="samples per step (default 8)")
-    p.add_argument("--no-reference", action="store_true", help="skip the reference-style step")
+    p.add_argument("--no-reference", action="store_true", help="skip the eager backend (the reference's way)")
     p.add_argument("--json", metavar="FILE", help="also write every figure to FILE (JSON)")
     a = p.parse_args(argv)
     import torch
@@ -121,7 +103,7 @@ def main(argv=None) -> int:
     for arch in (a.only,) if a.only else ("A", "B"):
         configs = [("fused", False), ("fused", True)]
         if not a.no_reference:
-            configs.append(("reference", False))
+            configs.append(("eager", False))
         for variant, amp in configs:
             try:
                 r = time_config(arch, variant, amp, a.batch, a.steps, a.warmup)
@@ -134,10 +116,10 @@ def main(argv=None) -> int:
                   f"{r['step_s'] * 1e3:8.1f} ms/step  {r['samples_per_s']:7.1f} samples/s  "
                   f"peak {r['peak_gib']:6.2f} GiB  {r['flops'] / 1e9:6.0f} GFLOP/step  "
                   f"{r['tflops']:5.1f} TFLOP/s", flush=True)
-        ref = next((r for r in results if r["arch"] == arch and r["variant"] == "reference"), None)
+        ref = next((r for r in results if r["arch"] == arch and r["variant"] == "eager"), None)
         for r in results:
             if ref is not None and r["arch"] == arch and r is not ref:
-                print(f"  arch {arch} {r['variant']} {'amp' if r['amp'] else 'fp32'} vs reference fp32: "
+                print(f"  arch {arch} {r['variant']} {'amp' if r['amp'] else 'fp32'} vs eager fp32: "
                       f"{ref['step_s'] / r['step_s']:.2f}x the step rate, {r['peak_gib'] / ref['peak_gib']:.2f}x "
                       f"the memory")
     if a.json:

@@ -14,15 +14,16 @@ correctness does not depend on when this runs; it runs before the heavy imports 
 their time. DataLoader workers, forked from the process, share its allocator.
 
 Which library (``ASA_ALLOCATOR``, default ``auto``): mimalloc from the pip package
-``cmeel-mimalloc`` (in requirements.txt), else Debian's jemalloc (``libjemalloc2``) or tcmalloc
-(``libtcmalloc-minimal4``) where installed. ``ASA_ALLOCATOR=mimalloc|jemalloc|tcmalloc`` asks for
-one, ``ASA_ALLOCATOR=off`` keeps glibc's malloc untouched. With none available the run prints one
-``note:`` line and uses glibc with a fixed 4 MiB mmap threshold and transparent huge pages
-(``GLIBC_TUNABLES``), which removes most of the page faults. A malloc the user preloads
-(``LD_PRELOAD`` naming one) is left alone.
+``cmeel-mimalloc`` (in requirements.txt), else Debian's jemalloc (``libjemalloc2``) where
+installed. ``ASA_ALLOCATOR=mimalloc|jemalloc|tcmalloc`` asks for one (tcmalloc, Debian's
+``libtcmalloc-minimal4``, only on request), ``ASA_ALLOCATOR=off`` keeps glibc's malloc untouched.
+With none available the run prints one ``note:`` line and uses glibc with a fixed 4 MiB mmap
+threshold and transparent huge pages (``GLIBC_TUNABLES``), which removes most of the page faults.
+A malloc the user preloads (``LD_PRELOAD`` naming one) is left alone.
 """
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import os
 import sys
@@ -31,17 +32,23 @@ ENV = "ASA_ALLOCATOR"
 CHOICES = ("auto", "mimalloc", "jemalloc", "tcmalloc", "off")
 _DONE = "ASA_ALLOCATOR_PRELOADED"          # set in the re-executed process: never re-execute twice
 
-# Settings applied unless the user set the variable (measured in bench/bench_train.py).
+# Settings applied unless the user set the variable. Measured on whole CLI epochs (training and
+# the test pass, bench/bench_epoch.py) and training steps (bench/bench_train.py); bench/README.md.
 TUNING = {
-    # commit arenas eagerly and keep freed pages (no purge): no refaults between steps
-    "mimalloc": {"MIMALLOC_ARENA_EAGER_COMMIT": "1", "MIMALLOC_PURGE_DELAY": "-1"},
-    # large blocks from dedicated arenas; freed pages are kept (no decay)
-    "jemalloc": {"MALLOC_CONF": "oversize_threshold:1,background_thread:true,metadata_thp:auto,"
-                                "dirty_decay_ms:-1,muzzy_decay_ms:-1"},
+    # keep freed pages for reuse during a pass (returning them within 100 ms, on two threads, made
+    # arch A's step 1.3x and arch B's 1.5x slower; release_free_memory returns them between the
+    # training and test passes), in one large arena (less fragmentation: the test pass peaked 1.3x
+    # higher in the default 1 GiB arenas). The reserve is address space, not memory.
+    "mimalloc": {"MIMALLOC_PURGE_DELAY": "100000", "MIMALLOC_ARENA_RESERVE": "16GiB"},
+    # a background thread returns freed pages (default decay times); keeping them (no decay)
+    # doubled the epoch's peak
+    "jemalloc": {"MALLOC_CONF": "background_thread:true"},
     "tcmalloc": {},
     "glibc": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304"},
 }
 MALLOC_NAMES = ("mimalloc", "jemalloc", "tcmalloc")
+# auto's order. tcmalloc only on request: its epoch peak was 1.5x tuned glibc's, at the same speed.
+AUTO = ("mimalloc", "jemalloc")
 
 
 class AllocatorError(ValueError):
@@ -81,7 +88,7 @@ def choice() -> str:
 
 def find(wanted: str = "auto") -> tuple[str, str | None]:
     """(allocator name, library path or None) for ``wanted``; "glibc" when none is found."""
-    for name in (MALLOC_NAMES if wanted == "auto" else (wanted,)):
+    for name in (AUTO if wanted == "auto" else (wanted,)):
         lib = FINDERS[name]()
         if lib:
             return name, lib
@@ -116,7 +123,7 @@ def reexec_under_allocator() -> None:
         return
     name, lib = find(wanted)
     if lib is None:
-        print("note: no mimalloc, jemalloc or tcmalloc found (pip install cmeel-mimalloc); using "
+        print("note: neither mimalloc nor jemalloc found (pip install cmeel-mimalloc); using "
               "glibc's malloc with huge pages and a 4 MiB mmap threshold (slower CPU training)",
               file=sys.stderr)
     sys.stdout.flush()
@@ -126,6 +133,26 @@ def reexec_under_allocator() -> None:
     except OSError as e:                  # keep running under glibc rather than fail
         print(f"note: could not re-execute under {name} ({e.strerror}); using glibc's malloc",
               file=sys.stderr)
+
+
+def release_free_memory() -> None:
+    """Return the allocator's freed pages to the kernel, between the training and test passes.
+
+    The two passes allocate tensors of different sizes (a test batch holds batch_size_test x clip
+    clips), so memory one pass freed rarely fits the other's blocks: kept, it adds to the peak; and
+    DataLoader workers, forked when a pass starts, would copy-on-write it. One call of the
+    library's own function per pass (mimalloc's mi_collect, glibc's malloc_trim) costs a few ms."""
+    if not sys.platform.startswith("linux") or not os.environ.get(_DONE):
+        return
+    name = loaded()
+    try:
+        lib = ctypes.CDLL(None)               # the process's global symbols, the preload included
+        if name == "mimalloc":
+            lib.mi_collect(ctypes.c_bool(True))
+        elif name == "glibc":
+            lib.malloc_trim(ctypes.c_size_t(0))
+    except (OSError, AttributeError):          # not exported here: nothing to release
+        pass
 
 
 def loaded() -> str:

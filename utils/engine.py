@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.allocator import release_free_memory
 from utils.metrics import SpikeMonitor, clip_vote
 
 
@@ -81,6 +82,7 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
     gradient of the mean loss over the global batch whatever the split; a stand-in sample
     (counted = 0) gets weight 0 and is left out of the sums. In a single process the weight is 1
     and the loss is used as it is."""
+    release_free_memory()                 # the test pass's blocks do not fit the training's
     net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -108,6 +110,7 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
 def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: bool = False,
              progress: bool = True) -> dict:
     """Test pass. Returns raw sums (for reduction across processes) under 'sums' and 'spikes'."""
+    release_free_memory()                 # the training pass's blocks do not fit the test's
     net.eval()
     monitor.reset()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
