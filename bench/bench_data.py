@@ -1,6 +1,6 @@
 """Throughput of the gesture data pipeline: hdf5 sample -> test clips [clip, T, 2, 32, 32].
 
-Runs the project's own Dataset (datasets/gesture.py + datasets/framed.py) on the real DVS128
+Runs the project's own Dataset (datasets/gesture.py + datasets/frame_dataset.py) on the real DVS128
 Gesture samples in tests/data/gesture_hdf5 (or --data DIR with the same train/ test/ layout), at
 the paper's gesture setting (T 60, dt 15 ms, ds 4, clip 10), and prints clips/s and frames/s.
 

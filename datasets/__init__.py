@@ -74,7 +74,7 @@ DATASETS: dict[str, DatasetInfo] = {
         defaults=dict(arch="A", T=10, dt=30, ds=1, clip=1, batch_size_train=32, batch_size_test=32,
                       num_epochs=20, lr=1e-3, weight_decay=0, reduction=2, ps="00000")),
     "events": DatasetInfo(
-        "folder", None, None,
+        "events", None, None,
         "your own recordings: DIR/{train,test}/<class>/*.npz with t (us), x, y, p "
         "(classes and sensor size read from the data, or -sensor_size X Y)",
         defaults=dict(T=16, dt=10, ds=1, clip=1)),

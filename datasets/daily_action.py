@@ -5,7 +5,7 @@
 
 The .aedat files are read directly (one numpy pass over the big-endian records, no per-event
 Python), so there is nothing to convert; ``python3 -m datasets.prepare action --raw DIR`` only
-checks every file and prints a summary.
+checks every file and prints a summary (:func:`prepare`).
 
 Labels follow the reference: climb 0, stand 1, jump 2, fall 3, sit 4, get up 5, walk 6, run 7,
 lift 8, lie 9, bend 10, pick 11. Split: in each class folder the first floor(0.8 n) recordings in
@@ -23,11 +23,15 @@ record over the whole sensor; frames are then 128x128 (DVS128) or 346x260 (DAVIS
 from __future__ import annotations
 
 import os
+import re
+from collections import defaultdict
+
+import numpy as np
 
 from utils.errors import UserError
 
-from ._common import check_bounds, natural_key, set_geometry
-from .framed import train_test_sets
+from .files import check_bounds, natural_key, set_geometry
+from .frame_dataset import train_test_sets
 from .readers import decode_davis, decode_dvs128, detect_aedat2_layout, read_aedat2
 
 CLASSES = ["climb", "stand", "jump", "fall", "sit", "get up", "walk", "run", "lift", "lie",
@@ -116,3 +120,32 @@ def build(args):
     load = ActionLoader(mode, sensor)
     load(train_items[0])
     return train_test_sets(args, sensor, (train_items, load), (test_items, load), "action")
+
+
+# ---------------------------------------------------------------------------------------------
+# preparation: nothing to convert; check every recording and summarise
+# ---------------------------------------------------------------------------------------------
+
+def prepare(args, report):
+    """Decode every recording of RAW under --action_decode; notes the address layouts, the share
+    of events the reference decoding keeps and the '(n)' duplicate names (kept, as the reference)."""
+    found = list_recordings(args.raw)
+    dupes = [f for fs in found.values() for f in fs if re.search(r"\(\d+\)", os.path.basename(f))]
+    if dupes:
+        report.notes.append(f"{len(dupes)} file(s) with '(n)' in the name (duplicates in the zip?), kept "
+                            f"like the reference: e.g. {dupes[0]}")
+    train, test = split(found)
+    layouts, kept = defaultdict(int), []
+    for split_name, items in (("train", train), ("test", test)):
+        for f, label in report.progress(items, desc=f"check {split_name}", unit="file"):
+            ev, layout = decode(f, args.action_decode)
+            layouts[layout] += 1
+            if args.action_decode == "reference":
+                full, _ = decode(f, "full")
+                kept.append(len(ev) / max(1, len(full)))
+            report.add(split_name, CLASSES[label], ev, f)
+    report.notes.append("address layouts detected: " + ", ".join(f"{k} {v}" for k, v in sorted(layouts.items())))
+    if kept:
+        report.notes.append(f"-action_decode reference keeps {100 * np.mean(kept):.1f}% of the events on "
+                            f"average (use -action_decode full for the whole sensor)")
+    report.notes.append(f"train with: -dataset action -data_path {args.raw}")

@@ -9,7 +9,8 @@
   they are loaded with ``allow_pickle=True``, so only use files you trust.
 
 The released text files (``{train,test}/<person>/*.txt``, lines ``t x y p``) are converted by
-``datasets.prepare gait``; pointing -data_path at them gives an error that says so.
+``datasets.prepare gait`` (:func:`prepare`, below); pointing -data_path at them gives an error that
+says so.
 
 Labels: the person ids (folder names or targets) of train and test together are mapped to 0..19
 whatever their numbering: ids already in 0..19 are kept, ids 1..20 are shifted down by one, any
@@ -25,10 +26,10 @@ import numpy as np
 
 from utils.errors import UserError
 
-from ._common import (check_bounds, class_folders, find_dir, natural_key,
-                      read_npz_events)
-from .events import Events, make_events
-from .framed import train_test_sets
+from .files import (check_bounds, class_folders, events_npz_bytes, natural_key, out_folder,
+                    read_npz_events, split_dirs)
+from .frame_dataset import train_test_sets
+from .framing import Events, make_events
 
 SENSOR = (128, 128)
 NUM_CLASSES = 20
@@ -77,7 +78,7 @@ class EventDrop:
     U(0, 128), events kept when outside the rectangle.
 
     Random drop: the reference's ``random.sample`` returns the survivors in random order and its
-    framing bisects their times in that order (:func:`datasets.events.frame_bins`), so events land
+    framing bisects their times in that order (:func:`datasets.framing.frame_bins`), so events land
     in the wrong bins or in none; mode "reference" returns them in that random order too, mode
     "fixed" in time order. The returned events are the window's, in the order they are to be framed.
     """
@@ -176,18 +177,19 @@ class GaitLoader:
         return check_bounds(events_from_txyp(src.data[ref], where), SENSOR, where), label
 
 
+def person_id(target):
+    """A target of the authors' npy layout as a plain Python value."""
+    return target.item() if hasattr(target, "item") else target
+
+
 def gait_items(root: str):
     """(train items, test items, loader) for either layout under root."""
-    tr, te = find_dir(root, "train"), find_dir(root, "test")
-    if tr is None or te is None:
-        raise UserError(f"-data_path {root}: no {'train' if tr is None else 'test'}/ folder "
-                        f"(expected {LAYOUT})")
+    tr, te = split_dirs(root, LAYOUT)
     if os.path.isfile(os.path.join(tr, "train_data.npy")):
         srcs = {"train": NpyGaitSamples(tr, "train"), "test": NpyGaitSamples(te, "test")}
-        ids = [v.item() if hasattr(v, "item") else v for s in srcs.values() for v in s.targets]
-        mapping = map_person_ids(ids, root)
-        items = {k: [(k, i, mapping[v.item() if hasattr(v, "item") else v])
-                     for i, v in enumerate(s.targets)] for k, s in srcs.items()}
+        mapping = map_person_ids([person_id(v) for s in srcs.values() for v in s.targets], root)
+        items = {k: [(k, i, mapping[person_id(v)]) for i, v in enumerate(s.targets)]
+                 for k, s in srcs.items()}
         return items["train"], items["test"], GaitLoader(srcs)
     for d in (tr, te):
         for c in sorted(os.listdir(d)):
@@ -210,3 +212,66 @@ def build(args):
     drop = None if mode == "off" else EventDrop(mode, SENSOR, args.ds)
     return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), "gait",
                            event_transform=drop, interval_scaling=False)   # the reference gait reader ignores it
+
+
+# ---------------------------------------------------------------------------------------------
+# preparation: the release's text files (or the authors' npy layout) -> one npz per walk
+# ---------------------------------------------------------------------------------------------
+
+def read_text_walk(path: str) -> np.ndarray:
+    """A released gait walk: lines 't x y p' -> int64 (N, 4)."""
+    import pandas as pd
+    try:
+        df = pd.read_csv(path, sep=r"\s+", header=None, dtype=np.int64, comment="#", engine="c")
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: empty file (expected lines 't x y p')") from None
+    except (ValueError, pd.errors.ParserError) as e:
+        raise UserError(f"{path}: not lines of four integers 't x y p' ({str(e).splitlines()[0]})") from None
+    if df.shape[1] != 4:
+        raise UserError(f"{path}: {df.shape[1]} columns, expected 4 ('t x y p')")
+    return df.to_numpy(dtype=np.int64)
+
+
+def walk_npz_bytes(a: np.ndarray, where: str, report) -> bytes:
+    """An (N, 4) walk t, x, y, p in the npz layout above (the report notes times going backwards)."""
+    return events_npz_bytes(report.check_order(events_from_txyp(a, where), where))
+
+
+def npy_jobs(out: str, tr: str, te: str, report) -> list:
+    """[(output path, make bytes)]: OUT/<split>/<person>/<split>_<index>.npz per sample of the
+    authors' npy layout."""
+    jobs = []
+    for split, d in (("train", tr), ("test", te)):
+        src = NpyGaitSamples(d, split)
+        for i, target in enumerate(src.targets):
+            p = os.path.join(out, split, str(person_id(target)), f"{split}_{i:05d}.npz")
+            jobs.append((p, lambda a=src.data[i], w=f"{src.where}[{i}]": walk_npz_bytes(a, w, report)))
+    return jobs
+
+
+def text_jobs(out: str, tr: str, te: str, report) -> list:
+    """[(output path, make bytes)]: OUT/<split>/<person>/<walk>.npz per released text file."""
+    jobs = []
+    for split, d in (("train", tr), ("test", te)):
+        for person, files in class_folders(d, (".txt",), "RAW/{train,test}/<person>/*.txt").items():
+            for f in files:
+                p = os.path.join(out, split, person, os.path.splitext(os.path.basename(f))[0] + ".npz")
+                jobs.append((p, lambda f=f: walk_npz_bytes(read_text_walk(f), f, report)))
+    return jobs
+
+
+def prepare(args, report):
+    """RAW/{train,test}/<person>/*.txt (or the authors' npy layout) -> OUT/{train,test}/<person>/
+    <walk>.npz, then read back."""
+    out = out_folder(args)
+    tr, te = split_dirs(args.raw, "RAW/{train,test}/<person>/*.txt or the authors' npy layout", "--raw")
+    authors_npy = os.path.isfile(os.path.join(tr, "train_data.npy"))
+    jobs = (npy_jobs if authors_npy else text_jobs)(out, tr, te, report)
+    for p, make in report.progress(jobs, desc="gait", unit="walk"):
+        report.write(p, make)
+    if not args.skip_validation:
+        train_items, test_items, load = gait_items(out)
+        for split, its in (("train", train_items), ("test", test_items)):
+            for item in report.progress(its, desc=f"validate {split}", unit="walk"):
+                ev, label = load(item)
+                report.add(split, label, ev)

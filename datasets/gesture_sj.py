@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ from torch.utils.data import Dataset
 
 from utils.errors import UserError
 
-from .events import postprocess
+from .files import npz_bytes, read_npz_events
+from .framing import postprocess
+from .gesture import write_trials
 
 SENSOR = (128, 128)
 DOWNLOAD_FILES = ("DvsGesture.tar.gz", "gesture_mapping.csv", "LICENSE.txt", "README.txt")
@@ -112,3 +115,33 @@ def build(args):
         sets.append(SJGestureFrames(sj, train, ds, bool(args.is_spike), bool(args.interval_scaling),
                                     getattr(args, "interval_scaling_empty", "zeros")))
     return sets[0], sets[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# preparation: DvsGesture/ -> ROOT/events_np/ as spikingjelly writes it (trials read as in gesture.py)
+# ---------------------------------------------------------------------------------------------
+
+def output_paths(out: str, split: str, stem: str, rows) -> list[str]:
+    """OUT/events_np/<split>/<label>/<trial>_<k>.npz, k counting the rows of a label within a trial."""
+    count, paths = defaultdict(int), []
+    for c in rows[:, 0]:
+        paths.append(os.path.join(out, "events_np", split, str(c - 1), f"{stem}_{count[c]}.npz"))
+        count[c] += 1
+    return paths
+
+
+def sample_bytes(ev, c: int, lo: int, hi: int) -> bytes:
+    """One label window as spikingjelly saves it: absolute times, the events start <= t < end."""
+    seg = ev.select(slice(lo, hi))
+    return npz_bytes(t=seg.t, x=seg.x, y=seg.y, p=seg.p)
+
+
+def prepare(args, report):
+    """DvsGesture/ -> OUT/events_np/{train,test}/<label>/<trial>_<k>.npz, then read back."""
+    out, outputs = write_trials(args, report, "gesture_sj", output_paths, sample_bytes)
+    for split in ("train", "test"):
+        for k in range(11):
+            os.makedirs(os.path.join(out, "events_np", split, str(k)), exist_ok=True)
+    if not args.skip_validation:
+        for split, p, label in report.progress(outputs, desc="validate", unit="sample"):
+            report.add(split, label, read_npz_events(p))

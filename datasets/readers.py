@@ -14,13 +14,11 @@ where it applies); nothing here returns a silently truncated recording.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from utils.errors import UserError
 
-from .events import Events, make_events
+from .framing import Events, make_events
 
 # ---------------------------------------------------------------------------------------------
 # AEDAT 3.1
@@ -71,7 +69,7 @@ def read_aedat31(path: str, use_overflow: bool = True, sort: bool = False) -> Ev
     The payload of a packet is eventCapacity * eventSize bytes (cAER writes capacity == number);
     eventNumber events of it are decoded. Non-polarity packets are skipped. The valid mark is not
     filtered (the reference and spikingjelly keep every event). ``sort=False`` keeps the file order,
-    which is what the reference bisects on; :func:`datasets.events.make_events` sorts stably.
+    which is what the reference bisects on; :func:`datasets.framing.make_events` sorts stably.
     """
     buf = _read_bytes(path)
     _, pos = parse_aedat31_header(buf, path)
@@ -266,9 +264,3 @@ def read_nmnist_bin(path: str) -> Events:
         t, p, x, y = t[keep], p[keep], x[keep], y[keep]
     return make_events(t, p, x, y)
 
-
-def file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

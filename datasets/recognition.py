@@ -6,7 +6,7 @@
 Class folders: arm crossing 0, turning around 1, walking 2, picking up 3, throwing 4, get-up 5,
 jumping 6, kicking 7, sit-down 8, waving 9 (case, spaces, '_' and '-' are ignored when matching).
 ``python3 -m datasets.prepare recognition --raw RAW --out DIR`` writes this layout from the jAER
-AEDAT 2.0 recordings (RAW/<class>/*.aedat, or RAW/{train,test}/<class>/*.aedat).
+AEDAT 2.0 recordings (RAW/<class>/*.aedat, or RAW/{train,test}/<class>/*.aedat; :func:`prepare`).
 
 Training windows: the reference starts every window at the LAST event (nearly empty frames).
 ``-recognition_window first`` (default, a listed deviation) starts at a random
@@ -14,21 +14,24 @@ time (RCS) or at the first event; ``-recognition_window last`` reproduces the re
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
 
 from utils.errors import UserError
 
-from ._common import check_bounds, class_folders, events_from_columns
-from .events import Events
-from .folder import split_dirs
-from .framed import train_test_sets
+from .files import (check_bounds, class_folders, events_from_columns, find_dir, npy_bytes,
+                    out_folder, split_dirs)
+from .frame_dataset import train_test_sets
+from .framing import Events
+from .readers import decode_davis, read_aedat2
 
 CLASSES = ["arm crossing", "turning around", "walking", "picking up", "throwing", "get-up",
            "jumping", "kicking", "sit-down", "waving"]
 SENSOR = (346, 260)
 LAYOUT = "DIR/{train,test}/<class>/*.npy, each a (4, N) array of rows t, x, y, p"
+RELEASE = "RAW/<class>/*.aedat or RAW/{train,test}/<class>/*.aedat (jAER AEDAT 2.0, DAVIS346)"
 
 
 def class_index(name: str) -> int | None:
@@ -75,3 +78,53 @@ def build(args):
     load(train_items[0])
     policy = "last" if getattr(args, "recognition_window", "first") == "last" else "recognition"
     return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# preparation: jAER AEDAT 2.0 recordings (DAVIS346) -> the (4, N) npy layout above
+# ---------------------------------------------------------------------------------------------
+
+def release_splits(args, report) -> dict:
+    """{split: {class folder: [.aedat files]}}: RAW's train/ and test/ folders, or else each class
+    of RAW split by sorted name, the first --train_fraction to train."""
+    tr, te = find_dir(args.raw, "train"), find_dir(args.raw, "test")
+    if tr and te:
+        return {"train": class_folders(tr, (".aedat",), RELEASE),
+                "test": class_folders(te, (".aedat",), RELEASE)}
+    splits = {"train": {}, "test": {}}
+    for c, files in class_folders(args.raw, (".aedat",), RELEASE).items():
+        k = int(len(files) * args.train_fraction)
+        splits["train"][c], splits["test"][c] = files[:k], files[k:]
+    report.notes.append(f"no train/test folders in {args.raw}: split each class by sorted name, "
+                        f"first {args.train_fraction:g} train")
+    return splits
+
+
+def recording_npy_bytes(path: str, report) -> bytes:
+    """A recording decoded with PAFBenchmark's DAVIS masks, every record (its read loop skips the
+    last one; how the authors made their npy files is not published), as a (4, N) int64 npy."""
+    _, addr, ts = read_aedat2(path)
+    ev = report.check_order(decode_davis(addr, ts, 346, 260, drop_special=False), path)
+    return npy_bytes(np.stack([ev.t, ev.x, ev.y, ev.p]).astype(np.int64))
+
+
+def prepare(args, report):
+    """RAW's .aedat recordings -> OUT/{train,test}/<class>/<recording>.npy, then read back."""
+    out = out_folder(args)
+    jobs = []
+    for split, classes in release_splits(args, report).items():
+        for c, files in classes.items():
+            if class_index(c) is None:
+                raise UserError(f"{os.path.join(args.raw, c)}: unknown class folder (expected one of {CLASSES})")
+            jobs += [(os.path.join(out, split, c, os.path.splitext(os.path.basename(f))[0] + ".npy"), f)
+                     for f in files]
+    for p, f in report.progress(jobs, desc="recognition", unit="file"):
+        report.write(p, lambda f=f: recording_npy_bytes(f, report))
+    if args.skip_validation:
+        return
+    for split in ("train", "test"):
+        d = os.path.join(out, split)
+        if os.path.isdir(d):
+            for item in report.progress(items_of(d), desc=f"validate {split}", unit="file"):
+                ev, label = load(item)
+                report.add(split, CLASSES[label], ev)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets import DATASETS, create_dataset
-from datasets.events import frame_shape, make_events
+from datasets.framing import frame_shape, make_events
 from datasets.gait import EventDrop, map_person_ids
 from event_writers import (davis_address, dvs128_address, random_events, write_aedat2, write_npz,
                            write_nmnist)
@@ -320,8 +320,8 @@ def test_event_drop_random_drop_order():
     # the training item frames the survivors in the order EventDrop returned them (seed 4: its
     # generator (seed, epoch, index) draws the random drop)
     args = make_args("gait_day", "unused", T=3, dt=10, ds=4, seed=4)
-    from datasets.framed import train_test_sets
-    from datasets.events import count_frames
+    from datasets.frame_dataset import train_test_sets
+    from datasets.framing import count_frames
     train, _ = train_test_sets(args, (128, 128), ([0], lambda _: (ev, 0)), ([0], lambda _: (ev, 0)),
                                "gait", event_transform=EventDrop("reference", ds=4))
     x, _ = train[0]

@@ -6,9 +6,9 @@ import pytest
 
 from conftest import DATA
 from datasets import create_dataset
-from datasets.events import (clip_starts, count_frames, frame_bins, make_events, postprocess,
-                             test_clip_frames, train_window_start, window_frames)
-from datasets.framed import EventFrameDataset
+from datasets.frame_dataset import EventFrameDataset
+from datasets.framing import (clip_starts, count_frames, frame_bins, make_events, postprocess,
+                              test_clip_frames, train_window_start, window_frames)
 from datasets.gesture import read_sample
 from utils.errors import UserError
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from datasets import create_dataset
-from datasets.events import frame_shape
+from datasets.framing import frame_shape
 from datasets.prepare import main
 from datasets.readers import read_aedat31
 from event_writers import (aedat31_packet, davis_address, random_events, shared_samples,

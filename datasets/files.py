@@ -1,4 +1,5 @@
-"""Small helpers shared by the dataset readers and ``datasets.prepare`` (no dataset knowledge here)."""
+"""File helpers of the dataset readers and their ``prepare`` functions (no dataset knowledge here):
+class folders, event npz / npy reading and writing, bounds checks, the geometry a reader fills in."""
 from __future__ import annotations
 
 import io
@@ -10,7 +11,7 @@ import numpy as np
 
 from utils.errors import UserError
 
-from .events import Events, frame_shape, make_events
+from .framing import Events, frame_shape, make_events
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -52,6 +53,34 @@ def class_folders(split_dir: str, exts: tuple[str, ...], what: str) -> dict[str,
     return out
 
 
+def split_dirs(root: str, what: str, flag: str = "-data_path") -> tuple[str, str]:
+    """root's train/ and test/ folders (any case); UserError naming the missing one."""
+    train, test = find_dir(root, "train"), find_dir(root, "test")
+    if train is None or test is None:
+        missing = "train/" if train is None else "test/"
+        raise UserError(f"{flag} {root}: no {missing} folder (expected {what})")
+    return train, test
+
+
+def labelled_files(train_dir: str, test_dir: str, what: str, exts=(".npz",)):
+    """(classes, [(file, label)] train, [(file, label)] test) from two class-folder trees."""
+    tr, te = class_folders(train_dir, exts, what), class_folders(test_dir, exts, what)
+    classes = sorted(set(tr) | set(te), key=natural_key)
+    index = {c: i for i, c in enumerate(classes)}
+    items = lambda d: [(f, index[c]) for c in sorted(d, key=natural_key) for f in d[c]]
+    return classes, items(tr), items(te)
+
+
+def out_folder(args) -> str:
+    """The ``--out`` folder of a ``datasets.prepare`` run, created; UserError if it is missing or
+    is the ``--raw`` folder."""
+    if not args.out:
+        raise UserError(f"prepare {args.name}: --out DIR is required")
+    raw, out = os.path.realpath(args.raw), os.path.realpath(args.out)
+    if out == raw:
+        raise UserError(f"--out {args.out}: must differ from --raw (the release is input only)")
+    os.makedirs(args.out, exist_ok=True)
+    return args.out
 
 
 def set_geometry(args, num_classes: int | None, sensor_size) -> None:
@@ -109,39 +138,28 @@ def read_npz_events(path: str) -> Events:
         raise UserError(f"{path}: not a readable npz file ({e})") from None
 
 
+def file_bytes(path: str) -> bytes:
+    """A file's contents (a prepare step that copies a file as it is)."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def npz_bytes(**arrays) -> bytes:
     """An uncompressed .npz as bytes, byte-identical for identical arrays (fixed zip timestamps)."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
         for k in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[k]), allow_pickle=False)
             zi = zipfile.ZipInfo(k + ".npy", date_time=_ZIP_DATE)
             zi.external_attr = 0o644 << 16
-            zf.writestr(zi, buf.getvalue())
+            zf.writestr(zi, npy_bytes(arrays[k]))
     return out.getvalue()
 
 
 def npy_bytes(array) -> bytes:
+    """A .npy file as bytes (no pickles)."""
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write to a temporary name beside path, fsync, then os.replace: a reader never sees a
-    half-written file under the final name."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.part{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def events_npz_bytes(ev: Events) -> bytes:

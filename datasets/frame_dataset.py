@@ -1,7 +1,7 @@
-"""The torch Dataset shared by every event dataset: a list of samples -> frames.
+"""The torch Dataset every event reader returns: a list of samples -> frames.
 
 A reader supplies ``items`` (anything) and ``load(item) -> (Events, label)``; this class applies the
-RCS training window or the test clips (datasets/events.py) and returns float32 tensors:
+RCS training window or the test clips (datasets/framing.py) and returns float32 tensors:
 training items [T, 2, X, Y], test items [clip, T, 2, X, Y], with the integer label.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .events import count_frames, postprocess, test_clip_frames, train_window_start, window_frames
+from .framing import count_frames, postprocess, test_clip_frames, train_window_start, window_frames
 
 
 class EventFrameDataset(Dataset):
@@ -62,7 +62,7 @@ def train_test_sets(args, sensor_size, train, test, window_policy: str, event_tr
 
     ``train`` and ``test`` are (items, load) pairs. Training items get RCS windows with
     ``window_policy`` (and ``event_transform``), test items ``args.clip`` windows placed as
-    :func:`datasets.events.clip_starts` says; both use the frame settings of ``args``.
+    :func:`datasets.framing.clip_starts` says; both use the frame settings of ``args``.
     ``interval_scaling`` overrides ``args.interval_scaling`` (gait)."""
     common = dict(T=int(args.T), dt_us=int(round(float(args.dt) * 1000)), ds=int(args.ds),
                   sensor_size=tuple(sensor_size), is_spike=bool(args.is_spike),
