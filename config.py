@@ -13,11 +13,11 @@ import os
 import sys
 
 from datasets import DATASETS
-from datasets.events import frame_shape
+from datasets.framing import frame_shape
 from datasets.options import add_dataset_arguments
+from models import ARCHITECTURES, DESCRIPTIONS
+from models.fused import BACKENDS
 from utils.errors import UserError
-
-ARCHS = ("A", "B", "C", "D", "sew18")
 
 
 def str2bool(v) -> bool:
@@ -41,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train_test.py",
         description="Train and evaluate LIF-SNNs with or without ASA (Advance Spatial Attention) on "
                     "event-camera data, logging accuracy and NASFR (network average spike firing "
-                    "rate) every epoch. Defaults reproduce the authors' code (SPEC.md); a dataset "
+                    "rate) every epoch. Defaults reproduce the authors' code (docs/reference.md); a dataset "
                     "preset fills in what a flag leaves unset.",
         epilog="Several processes: torchrun --nproc_per_node=N train_test.py ... (DistributedDataParallel, "
                "NCCL on GPUs, Gloo on CPU). -batch_size_train is the global batch, split over the "
                "processes; -batch_size_test is the size of one test forward pass, whole test batches "
                "are dealt to the processes; metrics and NASFR are summed over all processes; only "
-               "rank 0 prints and writes. Details: utils/distributed.py.",
+               "rank 0 prints and writes. Details: utils/run/distributed.py.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     d = p.add_argument_group("data")
@@ -69,9 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(d)
 
     m = p.add_argument_group("model")
-    m.add_argument("-arch", default="A", choices=ARCHS,
-                   help="A: 3-layer LIF-SNN (64-128-128); D: A with 32 channels; B: 5-layer PLIF net; "
-                        "C: B with LIF neurons; sew18: SEW-ResNet-18")
+    m.add_argument("-arch", default="A", choices=sorted(ARCHITECTURES),
+                   help="; ".join(f"{k}: {DESCRIPTIONS[k]}" for k in sorted(ARCHITECTURES)))
     m.add_argument("-attention", default="ASA", choices=("ASA", "no"),
                    help="ASA on the membrane-potential input of every conv layer, or none")
     m.add_argument("-asa_mask", default="reference", choices=("reference", "per_sample"),
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASA split ratio lambda in (0, 1): top-k = int(C*lam) channels, int(T*lam) steps")
     m.add_argument("-ps", default="00111",
                    help="dropout switches, 5 digits of 0/1 for conv1, conv2, conv3, fc1, fc2 (arch A/D)")
-    m.add_argument("-backend", default="fused", choices=("fused", "eager"),
+    m.add_argument("-backend", default="fused", choices=BACKENDS,
                    help="how every spiking layer and ASA is computed: fused (one autograd node per "
                         "layer, models/fused: less memory, faster) or eager (the step-by-step "
                         "definition under plain autograd, the reference's way); the same values")
@@ -133,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
     """Names of the flags the user actually typed (parse again with every default suppressed)."""
     saved = {a.dest: a.default for a in parser._actions}
     try:
@@ -200,7 +199,7 @@ def resume_run_dir(args, explicit) -> str:
 
 def resume_config(args, explicit, parser):
     """The configuration of the run to continue: its checkpoint's, with the free flags typed now."""
-    from utils.checkpoint import FORMAT, load_checkpoint     # torch only when resuming
+    from utils.run.checkpoint import FORMAT, load_checkpoint     # torch only when resuming
 
     if args.eval_only:
         raise UserError("-resume continues training; it cannot be combined with -eval_only")
@@ -280,9 +279,18 @@ def validate(args, info):
         bad(f"-device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
 
 
+def from_saved(cfg: dict) -> argparse.Namespace:
+    """The configuration of a saved run (its config.json, or a checkpoint's "config"): its own
+    values, and the CLI's defaults for settings the run predates."""
+    args = build_parser().parse_args([])
+    for key, value in cfg.items():
+        setattr(args, key, tuple(value) if key in ("frame_size", "sensor_size") and value else value)
+    return args
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and resolve a command line (argv without the program name; None = sys.argv[1:])."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    return resolve(args, _explicit_flags(parser, argv), parser)
+    return resolve(args, explicit_flags(parser, argv), parser)

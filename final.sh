@@ -1,20 +1,21 @@
 #!/bin/sh
 # final.sh -- reproduce the paper's table (ICCV 2023, "Inherent Redundancy in Spiking Neural Networks").
 #
-#   DATA_ROOT=/data sh final.sh                 every row of SPEC.md section 7, LIF-SNN and + ASA
+#   DATA_ROOT=/data sh final.sh                 every row of the paper's table, LIF-SNN and + ASA
 #   DATA_ROOT=/data sh final.sh gesture gait_day    only these rows
 #   sh final.sh demo                            the same pipeline on built-in synthetic data (~10 min, CPU)
 #   NMNIST_PATH=/data/N-MNIST sh final.sh demo  ... plus a short N-MNIST row
 #   sh final.sh -h                              this help
 #
 # Each row runs twice (-attention no, -attention ASA) with the authors' settings; the rows and their
-# flags live in ONE place, utils/table.py (ROWS); `python3 -m utils.table --list` prints them.
+# flags live in ONE place, the dataset presets (datasets/__init__.py), from which utils/analysis/table.py
+# builds the rows; `python3 -m utils.analysis.table --list` prints them.
 # Run folders: $RUNS_DIR/<row>_no and $RUNS_DIR/<row>_ASA (train_test.py's -name), console logs
 # beside them (<row>_<attention>.log, .err). A run whose metrics.csv has every epoch is not run
 # again; an unfinished one is continued from its last.pth with train_test.py -resume, or, when it
 # has no checkpoint yet, moved aside to <name>.unfinished-<time> and started again. At the end the collector
-# (python3 -m utils.table) writes $OUT_DIR/table.md and table.csv (reproduced vs paper, deltas,
-# energy) and utils/plots.py draws Figure 1(c)-style PNGs for every row with both runs.
+# (python3 -m utils.analysis.table) writes $OUT_DIR/table.md and table.csv (reproduced vs paper, deltas,
+# energy) and utils/analysis/plots.py draws Figure 1(c)-style PNGs for every row with both runs.
 #
 # Data: set DATA_ROOT once; each row reads one sub-folder (a row whose folder is missing or empty
 # is skipped with a note saying how to prepare it):
@@ -71,7 +72,7 @@ else
 fi
 
 start=$(date +%s)
-plan=$($PYTHON -m utils.table --plan $plan_args "$@") || exit 2
+plan=$($PYTHON -m utils.analysis.table --plan $plan_args "$@") || exit 2
 mkdir -p "$RUNS_DIR" || exit 2
 echo "final.sh: data root $DATA_ROOT, run folders in $RUNS_DIR, table in $OUT_DIR"
 
@@ -124,24 +125,24 @@ EOF
 # The table: every paper row (also those not run), or the demo rows that have runs.
 if [ "$demo" = 1 ]; then
     table_rows=""
-    for r in $($PYTHON -c "from utils.table import ROWS; print(' '.join(r.name for r in ROWS if r.demo))"); do
+    for r in $($PYTHON -c "from utils.analysis.table import ROWS; print(' '.join(r.name for r in ROWS if r.demo))"); do
         [ -d "$RUNS_DIR/${r}_no" ] || [ -d "$RUNS_DIR/${r}_ASA" ] && table_rows="$table_rows $r"
     done
     # shellcheck disable=SC2086
-    [ -n "$table_rows" ] && $PYTHON -m utils.table "$RUNS_DIR" --out "$OUT_DIR" --rows $table_rows
+    [ -n "$table_rows" ] && $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --rows $table_rows
 else
-    $PYTHON -m utils.table "$RUNS_DIR" --out "$OUT_DIR" --all-paper-rows
+    $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --all-paper-rows
 fi || failed=$((failed + 1))
 
 # Figures for every row with both runs finished far enough to have a best.pth.
-for r in $($PYTHON -c "from utils.table import ROWS; print(' '.join(r.name for r in ROWS if r.demo == ($demo == 1)))"); do
+for r in $($PYTHON -c "from utils.analysis.table import ROWS; print(' '.join(r.name for r in ROWS if r.demo == ($demo == 1)))"); do
     if [ -f "$RUNS_DIR/${r}_no/best.pth" ] && [ -f "$RUNS_DIR/${r}_ASA/best.pth" ]; then
         if [ "$demo" = 1 ]; then
             dir=$IMG_DIR; prefix="${r#demo_}_"
         else
             dir=${IMG_DIR:-$OUT_DIR/figures}; prefix="${r}_"
         fi
-        $PYTHON -m utils.plots --lif "$RUNS_DIR/${r}_no" --asa "$RUNS_DIR/${r}_ASA" --out "$dir" \
+        $PYTHON -m utils.analysis.plots --lif "$RUNS_DIR/${r}_no" --asa "$RUNS_DIR/${r}_ASA" --out "$dir" \
             --prefix "$prefix" || failed=$((failed + 1))
     fi
 done

@@ -5,7 +5,7 @@
     python3 bench/bench_gpu.py --batch 16      # another batch size (default 8, the paper's)
 
 The step is train_test.py's own (bench/common.py: the paper's flags through config.py, the network
-with the SpikeMonitor's hooks, utils.engine.train_step); "eager" is ``-backend eager``, the
+with the SpikeMonitor's hooks, utils.run.engine.train_step); "eager" is ``-backend eager``, the
 reference's way of computing. float32 with TF32 at PyTorch's defaults (off for matmuls, on for cuDNN convolutions);
 "amp" = torch.autocast(float16) + GradScaler, train_test.py's ``-amp``. Per configuration: median
 step time over ``--steps`` after warm-up (CUDA events, so the GPU's time, with host overhead that

@@ -7,10 +7,10 @@
 
 The step is train_test.py's own (bench/common.py): the paper's flags for the gesture (A) and
 gesture_sj (B) rows resolved by config.py, the network from models.create_net with the
-SpikeMonitor's hooks attached, utils.engine.train_step (forward, MSE, backward, Adam), batch 8.
+SpikeMonitor's hooks attached, utils.run.engine.train_step (forward, MSE, backward, Adam), batch 8.
 "eager" is ``-backend eager``, the reference's way of computing (the step-by-step definitions
 under plain autograd); "fused" is the CLI default. Allocators are loaded as the CLI loads them
-(utils/allocator.py: LD_PRELOAD): mimalloc (the CLI default, pip cmeel-mimalloc), jemalloc and
+(utils/run/allocator.py: LD_PRELOAD): mimalloc (the CLI default, pip cmeel-mimalloc), jemalloc and
 tcmalloc where installed, "glibc tuned" (the CLI's fallback: huge pages, 4 MiB mmap threshold)
 and "glibc" (plain, ``ASA_ALLOCATOR=off``). The reference's way is eager under plain glibc.
 
@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from utils import allocator  # noqa: E402
+from utils.run import allocator  # noqa: E402
 
 # (name, arch, backend, allocator); "glibc" = plain glibc, "glibc tuned" = the CLI's fallback
 CONFIGS = [

@@ -2,7 +2,7 @@
 
 ``cli_step(row, backend, ...)`` resolves the paper's flags for a table row through config.py (the
 CLI's parser), builds the network with models.create_net, attaches the SpikeMonitor's forward
-hooks exactly as train_test.py does before training, and returns utils.engine.train_step (forward,
+hooks exactly as train_test.py does before training, and returns utils.run.engine.train_step (forward,
 MSE against the one-hot label, backward, Adam) bound to one batch of DVS-like frames. The only
 switch between "this project" and "the reference's way of computing" is ``-backend fused|eager``
 (models/fused): the same modules, parameters and spikes.
@@ -32,7 +32,7 @@ def cli_args(arch: str, backend: str, extra=()):
     import shlex
 
     import config
-    from utils.table import ROW_BY_NAME
+    from utils.analysis.table import ROW_BY_NAME
     flags = shlex.split(ROW_BY_NAME[ROW_OF_ARCH[arch]].flags)
     flags[flags.index("-dataset") + 1] = "synthetic"
     return config.parse_args([*flags, "-backend", backend, "-num_classes", str(NUM_CLASSES), *extra])
@@ -51,8 +51,8 @@ def cli_step(arch: str, backend: str, batch: int = 8, device: str = "cpu", amp: 
     """(step function, network) for one training step as the CLI takes it."""
     import torch
     from models import create_net
-    from utils.engine import make_optimizer, train_step
-    from utils.metrics import SpikeMonitor
+    from utils.run.engine import make_optimizer, train_step
+    from utils.run.metrics import SpikeMonitor
     args = cli_args(arch, backend)
     torch.manual_seed(0)
     net = create_net(args).to(device).train()

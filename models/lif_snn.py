@@ -21,6 +21,7 @@ from torch import nn
 
 from .module.Attn import make_attention
 from .module.LIF import LIF
+from .registry import register
 
 
 def parse_ps(ps: str) -> Tuple[bool, ...]:
@@ -125,3 +126,19 @@ class LIFSNN(nn.Module):
         for layer in self.FCs:
             x = layer(x)
         return x.mean(dim=1)
+
+
+def _lif_snn(args, widths, p: float) -> LIFSNN:
+    return LIFSNN(args.T, args.num_classes, args.frame_size, widths=widths, p=p, ps=args.ps,
+                  attention=args.attention, reduction=args.reduction, lam=args.lam,
+                  asa_mask=args.asa_mask, backend=args.backend)
+
+
+@register("A", "3-layer LIF-SNN (64-128-128), the paper's LIF-SNN")
+def arch_a(args) -> LIFSNN:
+    return _lif_snn(args, widths=(64, 128, 128), p=0.1)
+
+
+@register("D", "A with 32 channels and dropout 0.5")
+def arch_d(args) -> LIFSNN:
+    return _lif_snn(args, widths=(32, 32, 32), p=0.5)

@@ -6,7 +6,7 @@
 
 B: 128 channels, PLIF neurons, max pools. C: channels 64/128/128/128/128, plain LIF neurons, average
 pools after blocks 1..4. The pool after the fifth block is a MaxPool2 in both (it is the
-"MaxPool2 -> flatten" of the SPEC; pooling after block i equals pooling before block i+1).
+"MaxPool2 -> flatten" of docs/reference.md; pooling after block i equals pooling before block i+1).
 
 Module names follow the authors' (``ConvAttLIFs.<i>.0.conv.0``, ``.bn.0``, ``.attn``, ``.spike.0.w``,
 ``FCs.<i>.1.fc``) so that their checkpoints load directly. Every ASA is built with reduction 1 and
@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .module.Attn import make_attention
-from .module.neurons import NEURONS
+from .module.PLIF import NEURONS
+from .registry import register
 
 
 class ConvAttNeuron(nn.Module):
@@ -114,3 +115,16 @@ class PLIFSNN(nn.Module):
             x = layer(x)
         votes = x.unflatten(2, (-1, self.voting)).mean(dim=3)                 # [N, T, classes]
         return votes.mean(dim=1)
+
+
+@register("B", "5-layer PLIF net of Fang et al. 2021 (128 channels, max pools)")
+def arch_b(args) -> PLIFSNN:
+    return PLIFSNN(args.T, args.num_classes, args.frame_size, neuron="plif", widths=(128,) * 5,
+                   pool="max", attention=args.attention, asa_mask=args.asa_mask, backend=args.backend)
+
+
+@register("C", "B with plain LIF neurons, 64-128-128-128-128 channels, average pools")
+def arch_c(args) -> PLIFSNN:
+    return PLIFSNN(args.T, args.num_classes, args.frame_size, neuron="lif",
+                   widths=(64, 128, 128, 128, 128), pool="avg", attention=args.attention,
+                   asa_mask=args.asa_mask, backend=args.backend)

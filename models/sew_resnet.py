@@ -1,5 +1,6 @@
 """SEW-ResNet-18 (Fang et al., NeurIPS 2021, "Deep Residual Learning in Spiking Neural Networks")
-with ASA before every spiking neuron of the conv blocks; the network of the HAR-DVS row (SPEC 3, 7).
+with ASA before every spiking neuron of the conv blocks; the network of the HAR-DVS row
+(docs/reference.md). The authors' code has no such network: this project defines it.
 
 Layout (tensors ``[N, T, C, H, W]``; conv, BN and pooling see ``N*T`` frames; SN = spiking neuron)::
 
@@ -27,7 +28,7 @@ init_tau 2, v_threshold 1, hard reset to 0, ATan surrogate), as Fang et al. use 
 Each ASA is ``ASA(T, channels, reduction, lam, mask)`` from the command line (``-reduction``, ``-lam``,
 ``-asa_mask``); ``attention='no'`` puts the identity there.
 
-``synaptic_sources()`` tells utils/energy.py which spiking layers' spikes add up to the input of each
+``synaptic_sources()`` tells the energy count (utils/analysis/energy.py) which spiking layers' spikes add up to the input of each
 conv / linear layer (needed because the ADD connection feeds sums of spike tensors to the next block).
 """
 from typing import Dict, List, Sequence
@@ -36,7 +37,8 @@ import torch
 from torch import nn
 
 from .module.Attn import make_attention
-from .module.neurons import NEURONS
+from .module.PLIF import NEURONS
+from .registry import register
 
 
 def _frames(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -149,16 +151,7 @@ class SEWResNet18(nn.Module):
         return out
 
 
-def _build(args) -> SEWResNet18:
-    """``-arch sew18`` from the config namespace (T, num_classes, attention, reduction, lam, asa_mask)."""
-    from utils.errors import UserError
-    if args.attention == "ASA" and args.T // args.reduction < 1:
-        raise UserError(f"-arch sew18: -T {args.T} is not compatible with -reduction {args.reduction} "
-                        f"(ASA's fc needs T // reduction >= 1)")
+@register("sew18", "SEW-ResNet-18 with ASA before every spiking neuron (the HAR-DVS row)")
+def arch_sew18(args) -> SEWResNet18:
     return SEWResNet18(args.T, args.num_classes, attention=args.attention, reduction=args.reduction,
-                       lam=args.lam, asa_mask=args.asa_mask, backend=backend_of(args))
-
-
-from . import backend_of, register  # noqa: E402  (models/__init__.py imports this module at its end)
-
-register("sew18")(_build)
+                       lam=args.lam, asa_mask=args.asa_mask, backend=args.backend)

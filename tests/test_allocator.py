@@ -1,4 +1,4 @@
-"""utils/allocator.py: train_test.py re-runs itself under mimalloc (or jemalloc), once, and says so."""
+"""utils/run/allocator.py: train_test.py re-runs itself under mimalloc (or jemalloc), once, and says so."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from utils import allocator
+from utils.run import allocator
 
 TINY = ["-dataset", "synthetic", "-synthetic_train", "4", "-synthetic_test", "2", "-T", "4",
         "-reduction", "2", "-batch_size_train", "4", "-batch_size_test", "2", "-clip", "1",

@@ -9,8 +9,9 @@ import torch
 
 import config
 from conftest import ROOT
-from utils import checkpoint
-from utils.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from utils import files
+from utils.run import checkpoint
+from utils.run.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from utils.errors import UserError
 
 SMALL = ["-dataset", "synthetic", "-synthetic_train", "8", "-synthetic_test", "4", "-T", "4",
@@ -95,8 +96,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         def __exit__(self, *a):
             self.f.close()
 
-    monkeypatch.setattr(checkpoint, "open", lambda p, m="r": Full(real_open(p, m)), raising=False)
-    with pytest.raises(UserError, match="No space left on device.*previous checkpoint is kept"):
+    monkeypatch.setattr(files, "open", lambda p, m="r": Full(real_open(p, m)), raising=False)
+    with pytest.raises(UserError, match="cannot write checkpoint .*No space left on device.*previous "
+                                        "version of the file, if any, is kept.* continue with -resume"):
         atomic_save({"v": torch.tensor([2.0])}, str(path))
     monkeypatch.undo()
     assert load_checkpoint(str(path))["v"].item() == 1.0
@@ -107,8 +109,8 @@ def test_too_little_free_space_fails_at_start(tmp_path, monkeypatch):
     import shutil
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
     with pytest.raises(UserError, match=r"not enough free disk space .* 9.0 MiB needed, 1.0 MiB free"):
-        checkpoint.check_free_space(str(tmp_path), 9 << 20)
-    checkpoint.check_free_space(str(tmp_path), 1 << 19)
+        files.check_free_space(str(tmp_path), 9 << 20)
+    files.check_free_space(str(tmp_path), 1 << 19)
 
 
 def test_a_save_that_hits_a_file_size_limit_is_one_clear_error(tmp_path):

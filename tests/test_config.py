@@ -6,7 +6,7 @@ import pytest
 
 import config
 from conftest import DATA, ROOT
-from utils.engine import reference_lr
+from utils.run.engine import reference_lr
 from utils.errors import UserError
 
 

@@ -35,7 +35,7 @@ def no_tf32():
 
 def net_args(arch, T, size, **kw):
     args = dict(arch=arch, T=T, attention="ASA", asa_mask="reference", reduction=1, lam=0.5,
-                ps="00000", num_classes=11, frame_size=(size, size))
+                ps="00000", num_classes=11, frame_size=(size, size), backend="fused")
     args.update(kw)
     return SimpleNamespace(**args)
 
@@ -170,10 +170,10 @@ def test_training_step_on_cuda_equals_cpu(arch, T, size, ps):
 
 @pytest.mark.parametrize("arch, T, size", [("A", 8, 32), ("B", 4, 64)])
 def test_amp_training_on_cuda(arch, T, size):
-    """Autocast + GradScaler through utils/engine.py: float16 activations reach the fused neurons,
+    """Autocast + GradScaler through utils/run/engine.py: float16 activations reach the fused neurons,
     the spike counts of every layer stay near float32's, the loss stays finite and the parameters move."""
     from torch.utils.data import DataLoader, TensorDataset
-    from utils.engine import autocast, train_one_epoch
+    from utils.run.engine import autocast, train_one_epoch
     from test_nets import spike_counts
     torch.manual_seed(0)
     net = create_net(net_args(arch, T, size)).cuda().train()     # batch statistics: the layers fire
@@ -202,7 +202,7 @@ def test_amp_training_on_cuda(arch, T, size):
 def test_loaders_pin_memory_on_cuda():
     import config
     import train_test
-    from utils.loaders import make_loaders
+    from utils.run.loaders import make_loaders
     args = config.parse_args(["-dataset", "synthetic", "-synthetic_train", "8", "-synthetic_test", "4", "-T", "4",
                               "-num_work", "2"])
     train_set, test_set, _ = train_test.build(args, torch.device("cuda"))

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT
-from utils.distributed import Dist, split_sizes
-from utils.engine import train_one_epoch
-from utils.loaders import EpochShuffle, ShardedBatchSampler, ShardedTestBatches
+from utils.run.distributed import Dist, split_sizes
+from utils.run.engine import train_one_epoch
+from utils.run.loaders import EpochShuffle, ShardedBatchSampler, ShardedTestBatches
 
 SMALL = ["-dataset", "synthetic", "-synthetic_train", "32", "-synthetic_test", "16", "-T", "4",
          "-reduction", "2", "-batch_size_test", "4", "-clip", "3", "-num_work", "0", "-seed", "1",
@@ -170,9 +170,9 @@ def test_torchrun_two_processes_log_the_single_process_metrics(tmp_path):
 
 def _check_against_one_process(args, runs, row):
     import train_test
-    from utils.engine import evaluate, summarise
-    from utils.loaders import epoch_permutation, make_loaders
-    from utils.metrics import SpikeMonitor
+    from utils.run.engine import evaluate, summarise
+    from utils.run.loaders import epoch_permutation, make_loaders
+    from utils.run.metrics import SpikeMonitor
 
     train_test.seed_everything(args.seed)
     train_set, test_set, net = train_test.build(args, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""utils/energy.py: MAC / SOP counting and energy on tiny networks computed by hand."""
+"""utils/analysis/energy.py: MAC / SOP counting and energy on tiny networks computed by hand."""
 import csv
 import json
 from types import SimpleNamespace
@@ -10,7 +10,7 @@ from torch import nn
 from models import create_net
 from models.module.Attn import ASA
 from models.module.LIF import LIF
-from utils import energy as E
+from utils.analysis import energy as E
 
 
 class Tiny(nn.Module):
@@ -78,7 +78,7 @@ def test_missing_rate_is_an_error():
 
 
 def test_arch_a_sources_follow_execution_order():
-    args = SimpleNamespace(arch="A", T=4, attention="ASA", asa_mask="reference", reduction=1, lam=0.5,
+    args = SimpleNamespace(backend="fused", arch="A", T=4, attention="ASA", asa_mask="reference", reduction=1, lam=0.5,
                            ps="00000", num_classes=5, frame_size=(8, 8))
     layers = E.count(create_net(args), 4, (8, 8))
     syn = {l.name: l.sources for l in layers if l.kind != "asa"}
@@ -105,7 +105,7 @@ def test_sew_sources_sum_rates():
 
 
 def test_cli_on_checkpoint(tmp_path, capsys):
-    args = SimpleNamespace(arch="A", T=2, attention="no", asa_mask="reference", reduction=1, lam=0.5,
+    args = SimpleNamespace(backend="fused", arch="A", T=2, attention="no", asa_mask="reference", reduction=1, lam=0.5,
                            ps="00000", num_classes=3, frame_size=(4, 4))
     net = create_net(args)
     torch.save({"model": net.state_dict(), "config": vars(args), "epoch": 1}, tmp_path / "best.pth")

@@ -1,4 +1,4 @@
-"""final.sh and its collector: the row table against SPEC.md section 7, skipping absent data,
+"""final.sh and its collector: the rows against the specification in the developers' shared folder, skipping absent data,
 not redoing finished runs, and the results table from hand-made run folders."""
 import csv
 import json
@@ -12,19 +12,19 @@ import pytest
 import torch
 
 import config
-from utils import table
-from utils.table import ROW_BY_NAME, ROWS
+from utils.analysis import table
+from utils.analysis.table import ROW_BY_NAME, ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ROWS = ["gesture", "gesture_sj", "gait_day", "gait_night", "action", "har_dvs", "recognition"]
 
 
 # ------------------------------------------------------------------------------------------------
-# the rows against SPEC.md
+# the rows against the developers' specification (its section 7), when present
 # ------------------------------------------------------------------------------------------------
 
 def spec_section7(spec: str) -> tuple[list[list[str]], list[list[str]]]:
-    """(paper table rows, authors' run settings rows) of SPEC.md section 7, as cell lists."""
+    """(paper table rows, authors' run settings rows) of the specification's section 7, as cell lists."""
     sec = spec.split("## 7.")[1].split("\n## ")[0]
     tables, cur = [], []
     for line in sec.splitlines():
@@ -40,7 +40,7 @@ def spec_section7(spec: str) -> tuple[list[list[str]], list[list[str]]]:
 
 
 def expected_settings(cells: list[str]) -> dict:
-    """Flag values of one 'authors' run settings' row, with the SPEC's defaults filled in."""
+    """Flag values of one 'authors' run settings' row, with the specification's defaults filled in."""
     row, arch, T, batch, clip, epochs, other = cells
     train, test = batch.split("/")
     exp = dict(arch=arch, T=int(T), batch_size_train=int(train), batch_size_test=int(test),
@@ -50,7 +50,7 @@ def expected_settings(cells: list[str]) -> dict:
     for k, v in flags:
         exp[k] = v if k == "ps" else float(v)
     if row.startswith("action"):
-        exp["num_classes"] = 12          # SPEC: "use 12"
+        exp["num_classes"] = 12          # the specification: "use 12"
     return exp
 
 
@@ -212,7 +212,7 @@ def test_collector_energy_columns(tmp_path):
     runs = tmp_path / "runs"
     for att, rate in (("no", 0.4), ("ASA", 0.1)):
         folder = runs / f"demo_synthetic_{att}"
-        args = SimpleNamespace(arch="A", T=2, attention=att, asa_mask="reference", reduction=1, lam=0.5,
+        args = SimpleNamespace(backend="fused", arch="A", T=2, attention=att, asa_mask="reference", reduction=1, lam=0.5,
                                ps="00000", num_classes=3, frame_size=(4, 4), num_epochs=1)
         folder.mkdir(parents=True)
         torch.save({"model": create_net(args).state_dict(), "config": vars(args), "epoch": 0},

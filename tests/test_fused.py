@@ -11,7 +11,7 @@ import torch
 from models import create_net
 from models.module.Attn import ASA
 from models.module.LIF import LIF, lif_eager
-from models.module.neurons import LIFNode, PLIF
+from models.module.PLIF import LIFNode, PLIF
 
 
 def currents(shape, seed=0, scale=0.6, shift=0.25, dtype=torch.float32):

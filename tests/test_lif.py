@@ -4,7 +4,7 @@ import torch
 from spikingjelly.clock_driven import neuron, surrogate
 
 from models.module.LIF import LIF, RectSpike, lif_eager
-from models.module.neurons import LIFNode, PLIF
+from models.module.PLIF import LIFNode, PLIF
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from utils.metrics import SpikeMonitor, clip_vote, nasfr
+from utils.run.metrics import SpikeMonitor, clip_vote, nasfr
 
 
 def test_clip_vote_needs_more_than_half():

@@ -14,7 +14,7 @@ NET_CASES = torch.load(Path(__file__).parent / "data" / "net_cases.pt", weights_
 
 def make_args(**overrides):
     args = dict(arch="A", T=4, attention="ASA", asa_mask="reference", reduction=1, lam=0.5,
-                ps="00000", num_classes=11, frame_size=(32, 32))
+                ps="00000", num_classes=11, frame_size=(32, 32), backend="fused")
     args.update(overrides)
     return SimpleNamespace(**args)
 
@@ -55,7 +55,7 @@ def test_network_matches_authors(case):
     assert len(totals) == len(case["spikes_per_layer_per_step"])
     for got, expected in zip(totals, case["spikes_per_layer_per_step"]):
         assert (got - expected).abs().sum() <= 3          # a spike may flip at the threshold
-    # SPEC section 6: r_l = spikes_l / (T * n_l * samples); NASFR = sum r_l n_l / sum n_l
+    # docs/reference.md, NASFR: r_l = spikes_l / (T * n_l * samples); NASFR = sum r_l n_l / sum n_l
     rates = [float(s.sum()) / (t * n_l * n) for s, n_l in zip(totals, neurons)]
     nasfr = sum(r * n_l for r, n_l in zip(rates, neurons)) / sum(neurons)
     assert rates == pytest.approx(case["firing_rate_per_layer"], abs=1e-6)
@@ -81,7 +81,7 @@ def test_shapes_at_real_input_sizes(arch, frame_size, flat, classes):
     (1, (346, 260), 128 * 80), (2, (173, 130), 128 * 80 // 4), (4, (87, 65), 512), (4, (86, 65), 512),
 ])
 def test_davis346_head_size_follows_spec(ds, frame_size, flat):
-    # SPEC: 128*80/ds^2 inputs for ds <= 2, 512 for ds = 4 (whether 346/4 is rounded up or down)
+    # docs/reference.md: 128*80/ds^2 inputs for ds <= 2, 512 for ds = 4 (whether 346/4 is rounded up or down)
     net = create_net(make_args(arch="B", T=2, frame_size=frame_size, attention="no"))
     assert net.FCs[0][1].fc.in_features == flat
 
@@ -93,7 +93,7 @@ def test_training_step_reaches_every_learning_parameter():
         x = (torch.rand(2, 4, 2, *frame) < 0.3).float() * 3
         (net(x) - 1.0).pow(2).sum().backward()                    # MSE to an all-ones target
         dead = {name for name, p in net.named_parameters() if p.grad is None}
-        # only ASA's top-k scoring parameters are dead (SPEC quirk)
+        # only ASA's top-k scoring parameters are dead (docs/reference.md, dead parameters)
         assert dead and all(".attn." in n and n.split(".attn.")[1].split(".")[0] in ("alpha", "beta", "fc")
                             for n in dead)
         first_conv = next(p for n, p in net.named_parameters() if n.endswith("conv.0.weight"))
@@ -133,8 +133,11 @@ def test_load_pretrained_sources(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save({"model": state, "epoch": 3}, path)
     expected = {k: v.float() for k, v in case["state_dict"].items() if ".spike.0.attn." not in k}
-    for source in (state, {"model": state}, path, str(path)):
-        loaded = load_pretrained(create_net(case_args(case)), source).state_dict()
+    from utils.run.checkpoint import load_weights               # files: the run's one loader
+    from_file = create_net(case_args(case))
+    assert load_weights(from_file, str(path), case_args(case))["epoch"] == 3
+    for loaded in [load_pretrained(create_net(case_args(case)), source).state_dict()
+                   for source in (state, {"model": state})] + [from_file.state_dict()]:
         assert loaded.keys() == expected.keys()
         assert all(loaded[k].dtype == (torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
                    and torch.equal(loaded[k].float(), expected[k]) for k in expected)
@@ -162,5 +165,5 @@ def test_registry_rejects_unknown_and_duplicate_names():
     with pytest.raises(ValueError, match="unknown arch 'Z'.*'A', 'B', 'C', 'D'"):
         create_net(make_args(arch="Z"))
     with pytest.raises(ValueError, match="already registered"):
-        register("A")(lambda args: None)
+        register("A", "a second A")(lambda args: None)
     assert {"A", "B", "C", "D"} <= set(ARCHITECTURES)

@@ -1,4 +1,4 @@
-"""utils/plots.py: membrane potentials rebuilt from the spiking layers' inputs, figures written."""
+"""utils/analysis/plots.py: membrane potentials rebuilt from the spiking layers' inputs, figures written."""
 from types import SimpleNamespace
 
 import matplotlib
@@ -8,8 +8,8 @@ import torch
 import config
 from models import create_net
 from models.module.LIF import LIF
-from models.module.neurons import LIFNode, PLIF
-from utils import plots
+from models.module.PLIF import LIFNode, PLIF
+from utils.analysis import plots
 
 matplotlib.use("Agg")
 
@@ -28,7 +28,7 @@ def test_membrane_matches_the_neurons_spikes(neuron):
 
 
 def tiny(attention):
-    args = SimpleNamespace(arch="A", T=4, attention=attention, asa_mask="reference", reduction=1,
+    args = SimpleNamespace(backend="fused", arch="A", T=4, attention=attention, asa_mask="reference", reduction=1,
                            lam=0.5, ps="00000", num_classes=3, frame_size=(8, 8))
     torch.manual_seed(1)
     return create_net(args)

@@ -80,13 +80,13 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
 _SAVER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from utils.checkpoint import atomic_save
+from utils.run.checkpoint import atomic_save
 atomic_save({{"new": torch.ones(24_000_000)}}, {path!r})
 """
 
 
 def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
-    from utils.checkpoint import atomic_save, load_checkpoint
+    from utils.run.checkpoint import atomic_save, load_checkpoint
     path = tmp_path / "last.pth"
     atomic_save({"old": torch.arange(10)}, str(path))
     tmp = tmp_path / "last.pth.tmp"

@@ -1,4 +1,4 @@
-"""Clip vote, per-layer firing rates and NASFR (SPEC.md sections 4 and 6).
+"""Clip vote, per-layer firing rates and NASFR (docs/reference.md, "Windows, frames and clips" and "NASFR").
 
 Firing rates are accumulated by forward hooks during the ordinary test pass: every module with
 ``spiking = True`` returns spikes [N, T, ...]; the hook adds its spike count per time step. Nothing is

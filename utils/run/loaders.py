@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from utils.distributed import split_sizes
+from utils.run.distributed import split_sizes
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
@@ -50,7 +50,7 @@ class ShardedBatchSampler(Sampler):
     """Global batches of an (seed, epoch) permutation, split over ``world`` ranks (see module doc).
 
     Yields this rank's index list per step; ``plan()`` gives, per step, (samples of this rank that
-    count, samples of the global batch) for the loss weighting of utils/engine.py."""
+    count, samples of the global batch) for the loss weighting of utils/run/engine.py."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         if n < 1:
@@ -118,3 +118,15 @@ def make_loaders(args, train_set, test_set, device: torch.device, rank: int = 0,
     test = DataLoader(test_set, batch_sampler=ShardedTestBatches(len(test_set), args.batch_size_test, rank, world),
                       **common)
     return train, test, train_sampler
+
+
+def batch_plan_text(args, world: int) -> str:
+    """One line for the run log: what a training step and a test forward pass hold."""
+    if world == 1:
+        return (f"batch: train {args.batch_size_train} samples; test forward pass {args.batch_size_test} "
+                f"samples x {args.clip} clips")
+    sizes = split_sizes(args.batch_size_train, world)
+    per = str(sizes[0]) if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+    return (f"batch: global train batch {args.batch_size_train} = {world} process(es) x {per} per process; "
+            f"test forward pass {args.batch_size_test} samples x {args.clip} clips, test batches dealt "
+            f"round-robin to the processes")

@@ -1,7 +1,7 @@
 """Figures like the paper's Figure 1(c): membrane potentials and spiking features, LIF-SNN vs + ASA.
 
-    python3 -m utils.plots --lif results/runs/demo_synthetic_no --asa results/runs/demo_synthetic_ASA --out img/
-    python3 -m utils.plots --asa runs/<run>/best.pth --samples 8 --out figs/        # one net alone
+    python3 -m utils.analysis.plots --lif results/runs/demo_synthetic_no --asa results/runs/demo_synthetic_ASA --out img/
+    python3 -m utils.analysis.plots --asa runs/<run>/best.pth --samples 8 --out figs/        # one net alone
 
 --lif / --asa take a checkpoint or a run folder (its best.pth). A few test samples (the first clip of
 each of the first --samples test recordings, from the dataset in the checkpoint's config) go through
@@ -44,7 +44,7 @@ def membrane_and_threshold(module, current: torch.Tensor):
 @torch.no_grad()
 def record(net, x: torch.Tensor) -> dict:
     """{spiking layer name: dict(u=membrane [N,T,...], spikes=[N,T,...], vth=float)} for input x."""
-    from utils.metrics import spiking_layers
+    from utils.run.metrics import spiking_layers
     rec, hooks = {}, []
     for name, m in spiking_layers(net):
         def hook(module, inputs, output, name=name):
@@ -190,7 +190,7 @@ def test_samples(cfg: SimpleNamespace, n: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m utils.plots",
+    p = argparse.ArgumentParser(prog="python3 -m utils.analysis.plots",
                                 description="Membrane-potential histograms and spiking-feature heatmaps "
                                             "(paper Figure 1(c)) for a LIF-SNN and/or a + ASA checkpoint.")
     p.add_argument("--lif", metavar="CKPT", help="LIF-SNN (-attention no) checkpoint or run folder")
@@ -201,12 +201,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not (a.lif or a.asa):
         p.error("give --lif and/or --asa")
-    from utils.energy import load_checkpoint_net
+    from utils.analysis.runs import net_from_checkpoint
     try:
         nets, cfg = {}, None
         for label, path in (("LIF-SNN", a.lif), ("+ ASA", a.asa)):
             if path:
-                net, args, _ = load_checkpoint_net(_checkpoint(path))
+                net, args, _ = net_from_checkpoint(_checkpoint(path), flag="--lif" if label == "LIF-SNN" else "--asa")
                 nets[label] = net
                 cfg = cfg or args
         cfg.num_work = 0

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import json
 import os
 
 from utils.errors import UserError
+from utils.files import atomic_write, probe_writable
 
 
 def default_run_name(args) -> str:
@@ -41,22 +43,64 @@ def create_run_dir(parent: str, name: str | None, default_name: str, exist_ok: b
 
 
 def write_json(path: str, obj) -> None:
-    """Write atomically: a temporary file renamed over the target."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _discard(tmp)
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def config_dict(args) -> dict:
     return {k: v for k, v in vars(args).items()}
+
+
+def check_model_path(parent: str) -> None:
+    """-modelPath must be creatable and writable before any data is read."""
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"-modelPath {parent}: cannot create folder ({e.strerror or e})") from None
+    if not os.path.isdir(parent):
+        raise UserError(f"-modelPath {parent}: not a folder")
+    probe_writable(parent)
+
+
+def open_run_folder(args, d) -> str:
+    """The run folder: a resumed run's own, or a new one under -modelPath holding config.json
+    (made by rank 0, its name shared with every process). Sets ``args.run_dir``."""
+    if args.resume is None:
+        args.run_dir = d.from_main(create_run_dir, args.modelPath, args.name, default_run_name(args))
+        d.on_main(write_json, os.path.join(args.run_dir, "config.json"), config_dict(args))
+    return args.run_dir
+
+
+def start_report(args, d, device, net, n_train: int, n_test: int, notes: list[str]) -> None:
+    """What the run is about to do, printed once (rank 0): data, device, allocator, batches,
+    determinism notes and the network's summary."""
+    from utils.run import allocator
+    from utils.run.loaders import batch_plan_text
+    say = d.say
+    say(f"device {device}; dataset {args.dataset}: {n_train} train / {n_test} test "
+        f"samples, frames {args.T}x2x{args.frame_size[0]}x{args.frame_size[1]}, {args.num_classes} classes")
+    if d.active:
+        say(f"distributed: {d.world_size} processes, backend {d.backend}")
+    if device.type == "cpu":
+        say(f"CPU allocator: {allocator.describe()}")
+    say(batch_plan_text(args, d.world_size))
+    for note in notes:
+        say(f"deterministic: {note}")
+    if d.world_size > 1 and args.attention == "ASA" and args.asa_mask == "reference" and not args.eval_only:
+        say("note: reference ASA masks pool over each process's part of the training batch (test "
+            "batches are whole, as in one process)")
+    if d.is_main:
+        print_summary(net, args, device)
+
+
+def print_summary(net, args, device) -> None:
+    try:
+        import torch
+        from torchinfo import summary
+        x = torch.zeros(1, args.T, 2, *args.frame_size, device=device)
+        print(summary(net, input_data=[x], depth=3, verbose=0, col_names=("output_size", "num_params")))
+    except Exception as e:       # the summary is informative only; never fail a run over it
+        print(f"(model summary unavailable: {e})")
 
 
 class MetricsCSV:
@@ -89,18 +133,11 @@ class MetricsCSV:
         self.rows.append(line)
 
     def rewrite(self, rows: list[list[str]]) -> None:
-        tmp = self.path + ".tmp"
-        try:
-            with open(tmp, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(self.fields)
-                w.writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as e:
-            _discard(tmp)
-            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(self.fields)
+        w.writerows(rows)
+        atomic_write(self.path, text.getvalue())
         self.rows = [list(r) for r in rows]
 
 
@@ -112,13 +149,6 @@ def read_rows(path: str) -> tuple[list[str], list[list[str]]]:
     except OSError:
         return [], []
     return (rows[0], rows[1:]) if rows else ([], [])
-
-
-def _discard(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def _fmt(v):

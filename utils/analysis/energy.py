@@ -1,7 +1,7 @@
 r"""Synaptic operations and estimated energy per sample, with the convention of the authors' group.
 
-    python3 -m utils.energy runs/<run>/best.pth                  # rates: the run's metrics.csv row
-    python3 -m utils.energy runs/<run>/best.pth --rates runs/<run>/eval.json --json energy.json
+    python3 -m utils.analysis.energy runs/<run>/best.pth                  # rates: the run's metrics.csv row
+    python3 -m utils.analysis.energy runs/<run>/best.pth --rates runs/<run>/eval.json --json energy.json
 
 Counting (per test sample, i.e. one clip of T frames; 45 nm figures of Horowitz 2014):
 
@@ -13,7 +13,7 @@ Counting (per test sample, i.e. one clip of T frames; 45 nm figures of Horowitz 
   E_MAC = 4.6 pJ, ``ops = T * MACs_l`` (it runs once per time step).
 * Every other conv / linear layer is spike-driven and counted as AC at E_AC = 0.9 pJ with
   ``SOPs_l = r_in * T * MACs_l``, where r_in is the firing rate of the layer's input spikes: the
-  firing rate r (SPEC section 6, as logged in metrics.csv as fr_<layer>) of the spiking layer that
+  firing rate r (docs/reference.md, NASFR; logged in metrics.csv as fr_<layer>) of the spiking layer that
   feeds it -- the last spiking layer executed before it, or, for a net that defines
   ``synaptic_sources()`` (SEW-ResNet: the ADD connection feeds sums of spike tensors), the sum of
   the rates of the listed spiking layers. Pooling between the spiking layer and the synapses is
@@ -38,15 +38,16 @@ Counting (per test sample, i.e. one clip of T frames; 45 nm figures of Horowitz 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 from torch import nn
+
+from utils.analysis.runs import net_from_checkpoint, rates_from_metrics
+from utils.errors import UserError
 
 E_MAC = 4.6e-12          # J per multiply-accumulate (32-bit float, 45 nm)
 E_AC = 0.9e-12           # J per accumulate
@@ -162,69 +163,12 @@ def energy(layers: list[Layer], rates: dict, T: int) -> dict:
             "sops": tot["sops"], "macs": tot["macs"], "asa_macs": tot["asa_macs"]}
 
 
-# ------------------------------------------------------------------------------------------------
-# checkpoints and run folders
-# ------------------------------------------------------------------------------------------------
-
-def load_checkpoint_net(path: str, config: dict | None = None):
-    """(net with the checkpoint's weights, config namespace) for a checkpoint of this project.
-
-    ``config`` (e.g. a run folder's config.json) replaces the checkpoint's own, for raw state dicts."""
-    from models import create_net, load_pretrained
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = dict(config or (ckpt.get("config") if isinstance(ckpt, dict) else None) or {})
-    if not cfg:
-        side = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-        if os.path.isfile(side):
-            with open(side) as f:
-                cfg = json.load(f)
-    need = ("arch", "T", "num_classes", "frame_size", "attention")
-    if any(cfg.get(k) is None for k in need):
-        raise ValueError(f"{path}: no usable config (needs {', '.join(need)}); pass --config config.json")
-    cfg.setdefault("asa_mask", "reference")
-    cfg.setdefault("reduction", 4)
-    cfg.setdefault("lam", 0.5)
-    cfg.setdefault("ps", "00000")
-    cfg["frame_size"] = tuple(cfg["frame_size"])
-    args = SimpleNamespace(**cfg)
-    net = create_net(args)
-    load_pretrained(net, ckpt)
-    net.eval()
-    return net, args, (ckpt.get("epoch") if isinstance(ckpt, dict) else None)
-
-
-def rates_from_metrics(path: str, epoch: int | None = None) -> tuple[dict, int]:
-    """({layer: rate}, epoch) from metrics.csv: the row of ``epoch``, or of the best epoch
-    (highest test_acc, ties: the later epoch) when ``epoch`` is None."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"{path}: no epochs logged")
-    if epoch is None:
-        row = best_row(rows)
-    else:
-        hits = [r for r in rows if int(r["epoch"]) == int(epoch)]
-        if not hits:
-            raise ValueError(f"{path}: no row for epoch {epoch}")
-        row = hits[-1]
-    return {k[3:]: float(v) for k, v in row.items() if k.startswith("fr_") and v != ""}, int(row["epoch"])
-
-
-def best_row(rows: list[dict]) -> dict:
-    """The metrics row with the highest test_acc; ties go to the later epoch (as the reference)."""
-    best = None
-    for r in rows:
-        if best is None or float(r["test_acc"]) >= float(best["test_acc"]):
-            best = r
-    return best
-
-
 def checkpoint_energy(path: str, rates: dict | None = None, rates_file: str | None = None,
                       config: dict | None = None) -> dict:
     """Energy report for a checkpoint. Rates: ``rates``, else ``rates_file`` (eval.json or
     metrics.csv), else the checkpoint folder's metrics.csv row of the checkpoint's epoch, else its
     eval.json."""
-    net, args, ck_epoch = load_checkpoint_net(path, config)
+    net, args, ck_epoch = net_from_checkpoint(path, config)
     folder = os.path.dirname(os.path.abspath(path))
     source = "given"
     if rates is None:
@@ -264,7 +208,7 @@ def format_report(rep: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m utils.energy",
+    p = argparse.ArgumentParser(prog="python3 -m utils.analysis.energy",
                                 description="Synaptic operations and energy per sample of a checkpoint "
                                             "(first layer MAC 4.6 pJ, spike-driven layers AC 0.9 pJ, "
                                             "ASA as MAC); see the module docstring for the counting.")
@@ -280,6 +224,9 @@ def main(argv=None) -> int:
             with open(a.config) as f:
                 cfg = json.load(f)
         rep = checkpoint_energy(a.checkpoint, rates_file=a.rates, config=cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,14 +1,14 @@
 """The paper's rows (the one place they are written down) and the results-table collector.
 
-    python3 -m utils.table results/runs --out results/        # collect run folders -> table.md/.csv
-    python3 -m utils.table results/runs --out results/ --rows gesture gait_day
-    python3 -m utils.table --list                             # the rows and their flags
-    python3 -m utils.table --plan [--demo] [ROW ...]          # what final.sh will do (used by it)
+    python3 -m utils.analysis.table results/runs --out results/        # collect run folders -> table.md/.csv
+    python3 -m utils.analysis.table results/runs --out results/ --rows gesture gait_day
+    python3 -m utils.analysis.table --list                             # the rows and their flags
+    python3 -m utils.analysis.table --plan [--demo] [ROW ...]          # what final.sh will do (used by it)
 
-Each row of SPEC.md section 7 runs twice, as run folders ``<RUNS_DIR>/<row>_no`` (LIF-SNN) and
+Each row of the paper's table (docs/reference.md) runs twice, as run folders ``<RUNS_DIR>/<row>_no`` (LIF-SNN) and
 ``<RUNS_DIR>/<row>_ASA``. The collector reads each folder's metrics.csv: the best epoch is the one
 with the highest test accuracy (ties: the later epoch, as best.pth), its accuracy and its NASFR are
-reported; the energy per sample (utils/energy.py) comes from best.pth with that epoch's firing
+reported; the energy per sample (utils/analysis/energy.py) comes from best.pth with that epoch's firing
 rates. Deltas: accuracy in percentage points (ASA - LIF-SNN), NASFR and energy in percent of the
 LIF-SNN value. The paper's numbers come from results/paper.csv.
 
@@ -20,74 +20,72 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
+import io
 import math
 import os
 import shlex
 import sys
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from datasets import DATASETS
+from utils.analysis.runs import best_row, layer_rates, read_config, read_metrics
+from utils.files import atomic_write
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_CSV = os.path.join(ROOT, "results", "paper.csv")
 ATTENTIONS = ("no", "ASA")
+
+
+# Every row of the paper's table also passes these (the authors' final.sh).
+COMMON = {"seed": 0, "lam": 0.5}
 
 
 @dataclass(frozen=True)
 class Row:
     name: str                 # row id; run folders are <name>_no and <name>_ASA
     label: str                # what the table calls it
-    folder: str               # data: DATA_ROOT/<folder>; "" = built-in data; "$VAR" = that variable
+    dataset: str              # -dataset; its preset (datasets/__init__.py) holds the authors' settings
+    folder: str               # data: DATASETS_ROOT/<folder>; "" = built-in data; "$VAR" = that variable
     prepare: str              # how to get the data there
-    flags: str                # train_test.py flags: the authors' settings (SPEC.md section 7)
+    overrides: tuple = ()     # (flag, value) pairs that differ from the preset
     demo: bool = False
 
+    @property
+    def flags(self) -> str:
+        """train_test.py flags, every setting spelled out: the dataset's preset, the common flags,
+        the row's overrides. -attention, -data_path, -name and -modelPath are added per run."""
+        settings = {**DATASETS[self.dataset].defaults, **COMMON, **dict(self.overrides)}
+        return " ".join(["-dataset", self.dataset] + [f"-{k} {v}" for k, v in settings.items()])
 
-# The authors' run settings (SPEC.md section 7), every flag spelled out so that no preset or
-# default can change them. -attention, -data_path, -name and -modelPath are added per run.
+
 ROWS = (
-    Row("gesture", "DVS128 Gesture", "gesture",
-        "python3 -m datasets.prepare gesture --raw DvsGesture/ --out $DATA_ROOT/gesture",
-        "-dataset gesture -arch A -T 60 -dt 15 -ds 4 -batch_size_train 32 -batch_size_test 4 -clip 10 "
-        "-num_epochs 200 -lr 1e-4 -weight_decay 1e-4 -ps 00111 -reduction 4 -seed 0 -lam 0.5"),
-    Row("gesture_sj", "DVS128 Gesture (spikingjelly frames)", "gesture_sj",
-        "python3 -m datasets.prepare gesture_sj --raw DvsGesture/ --out $DATA_ROOT/gesture_sj",
-        "-dataset gesture_sj -arch B -T 20 -dt 1 -ds 1 -batch_size_train 8 -batch_size_test 4 -clip 1 "
-        "-num_epochs 200 -lr 1e-3 -weight_decay 0 -reduction 4 -seed 0 -lam 0.5"),
-    Row("gait_day", "DVS128 Gait-day", "gait_day",
-        "python3 -m datasets.prepare gait --raw DVS128-Gait-Day/ --out $DATA_ROOT/gait_day",
-        "-dataset gait_day -arch A -T 60 -dt 15 -ds 4 -batch_size_train 32 -batch_size_test 4 -clip 10 "
-        "-num_epochs 200 -num_classes 20 -lr 1e-4 -weight_decay 1e-4 -ps 00111 -reduction 4 -seed 0 -lam 0.5"),
-    Row("gait_night", "DVS128 Gait-night", "gait_night",
-        "python3 -m datasets.prepare gait --raw DVS128-Gait-Night/ --out $DATA_ROOT/gait_night",
-        "-dataset gait_night -arch D -T 60 -dt 15 -ds 4 -batch_size_train 32 -batch_size_test 8 -clip 10 "
-        "-num_epochs 100 -num_classes 20 -lr 1e-4 -weight_decay 1e-4 -ps 00111 -reduction 8 -seed 0 -lam 0.5"),
-    Row("action", "DailyAction-DVS", "action",
+    Row("gesture", "DVS128 Gesture", "gesture", "gesture",
+        "python3 -m datasets.prepare gesture --raw DvsGesture/ --out $DATA_ROOT/gesture"),
+    Row("gesture_sj", "DVS128 Gesture (spikingjelly frames)", "gesture_sj", "gesture_sj",
+        "python3 -m datasets.prepare gesture_sj --raw DvsGesture/ --out $DATA_ROOT/gesture_sj"),
+    Row("gait_day", "DVS128 Gait-day", "gait_day", "gait_day",
+        "python3 -m datasets.prepare gait --raw DVS128-Gait-Day/ --out $DATA_ROOT/gait_day"),
+    Row("gait_night", "DVS128 Gait-night", "gait_night", "gait_night",
+        "python3 -m datasets.prepare gait --raw DVS128-Gait-Night/ --out $DATA_ROOT/gait_night"),
+    Row("action", "DailyAction-DVS", "action", "action",
         "put the DailyAction-DVS class folders (*.aedat) there; check: "
-        "python3 -m datasets.prepare action --raw $DATA_ROOT/action",
-        "-dataset action -arch B -T 36 -dt 120 -ds 2 -batch_size_train 4 -batch_size_test 1 -clip 10 "
-        "-num_epochs 100 -num_classes 12 -lr 1e-3 -weight_decay 0 -seed 0 -lam 0.5"),
-    # HAR-DVS is not in the authors' script: T, dt, ds, batch sizes, clip, lr follow this project's
-    # har_dvs preset; 100 epochs and -reduction 4 are this project's choice.
-    Row("har_dvs", "HAR-DVS (SEW-ResNet-18)", "har_dvs",
+        "python3 -m datasets.prepare action --raw $DATA_ROOT/action"),
+    # HAR-DVS is not in the authors' script: its preset is this project's; 100 epochs and
+    # -reduction 4 are this project's choice for the row.
+    Row("har_dvs", "HAR-DVS (SEW-ResNet-18)", "har_dvs", "har_dvs",
         "python3 -m datasets.prepare har_dvs --raw HARDVS/ --out $DATA_ROOT/har_dvs",
-        "-dataset har_dvs -arch sew18 -T 10 -dt 100 -ds 4 -batch_size_train 16 -batch_size_test 4 -clip 3 "
-        "-num_epochs 100 -num_classes 300 -lr 1e-3 -weight_decay 0 -reduction 4 -seed 0 -lam 0.5"),
-    Row("recognition", "DVS action recognition (extra row)", "recognition",
-        "python3 -m datasets.prepare recognition --raw PAF/ --out $DATA_ROOT/recognition",
-        "-dataset recognition -arch B -T 36 -dt 120 -ds 2 -batch_size_train 4 -batch_size_test 1 -clip 10 "
-        "-num_epochs 200 -num_classes 10 -lr 1e-4 -weight_decay 0 -seed 0 -lam 0.5"),
+        overrides=(("num_epochs", 100), ("reduction", 4))),
+    Row("recognition", "DVS action recognition (extra row)", "recognition", "recognition",
+        "python3 -m datasets.prepare recognition --raw PAF/ --out $DATA_ROOT/recognition"),
     # `sh final.sh demo`: the same pipeline, sized for about 10 minutes on 2 CPU cores.
-    Row("demo_synthetic", "synthetic DVS gestures (demo)", "",
-        "built in",
-        "-dataset synthetic -synthetic_train 400 -synthetic_test 100 -arch A -T 8 -dt 50 -ds 8 "
-        "-batch_size_train 16 -batch_size_test 8 -clip 3 -num_epochs 12 -lr 3e-4 -weight_decay 1e-4 "
-        "-ps 00000 -reduction 4 -seed 0 -lam 0.5", demo=True),
-    Row("demo_nmnist", "N-MNIST (demo: 3000/1000 samples, 2 epochs)", "$NMNIST_PATH",
+    Row("demo_synthetic", "synthetic DVS gestures (demo)", "synthetic", "", "built in",
+        overrides=(("synthetic_train", 400), ("synthetic_test", 100), ("arch", "A"),
+                   ("weight_decay", 1e-4)), demo=True),
+    Row("demo_nmnist", "N-MNIST (demo: 3000/1000 samples, 2 epochs)", "nmnist", "$NMNIST_PATH",
         "set NMNIST_PATH to the N-MNIST folder (Train/ and Test/; "
         "check: python3 -m datasets.prepare nmnist --raw DIR)",
-        "-dataset nmnist -arch A -T 6 -dt 50 -ds 2 -batch_size_train 32 -batch_size_test 32 -clip 1 "
-        "-num_epochs 2 -lr 1e-3 -weight_decay 0 -ps 00000 -reduction 2 -seed 0 -lam 0.5 "
-        "-train_samples 3000 -test_samples 1000", demo=True),
+        overrides=(("T", 6), ("dt", 50), ("ds", 2), ("num_epochs", 2), ("train_samples", 3000),
+                   ("test_samples", 1000)), demo=True),
 )
 ROW_BY_NAME = {r.name: r for r in ROWS}
 
@@ -110,25 +108,6 @@ def run_name(row: Row, attention: str) -> str:
 # run folder status and final.sh's plan
 # ------------------------------------------------------------------------------------------------
 
-def read_metrics(folder: str) -> list[dict]:
-    path = os.path.join(folder, "metrics.csv")
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "")]
-
-
-def read_config(folder: str) -> dict:
-    path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def run_status(folder: str) -> str:
     """'absent', 'done' (every epoch logged and best.pth written) or 'partial'."""
     if not os.path.isdir(folder):
@@ -147,7 +126,7 @@ def row_flag_values(flags: str) -> dict:
     parser = config.build_parser()
     argv = shlex.split(flags)
     ns = parser.parse_args(argv)
-    return {k: getattr(ns, k) for k in config._explicit_flags(parser, argv)}
+    return {k: getattr(ns, k) for k in config.explicit_flags(parser, argv)}
 
 
 def settings_mismatch(folder: str, flags: str) -> list[str]:
@@ -231,7 +210,6 @@ def read_paper(path: str = PAPER_CSV) -> dict:
 
 def summarise_run(folder: str, with_energy: bool = True) -> dict | None:
     """Best epoch, its accuracy / NASFR, epochs done, and the energy of best.pth; None if no epoch."""
-    from utils.energy import best_row
     rows = read_metrics(folder)
     if not rows:
         return None
@@ -243,10 +221,9 @@ def summarise_run(folder: str, with_energy: bool = True) -> dict | None:
            "energy_uJ": None, "energy_asa_uJ": None, "sops": None, "energy_error": ""}
     ckpt = os.path.join(folder, "best.pth")
     if with_energy and os.path.isfile(ckpt):
-        from utils.energy import checkpoint_energy
-        rates = {k[3:]: float(v) for k, v in best.items() if k.startswith("fr_") and v != ""}
+        from utils.analysis.energy import checkpoint_energy
         try:
-            rep = checkpoint_energy(ckpt, rates=rates)
+            rep = checkpoint_energy(ckpt, rates=layer_rates(best))
             out.update(energy_uJ=rep["total_uJ"], energy_asa_uJ=rep["asa_uJ"], sops=rep["sops"])
         except Exception as e:                 # a broken checkpoint must not lose the table
             out["energy_error"] = f"{type(e).__name__}: {e}"
@@ -330,10 +307,10 @@ def to_markdown(records: list[dict], runs_dir: str) -> str:
             "+ ASA (of which ASA ops) | Δ energy |")
     lines = ["# Results: reproduced vs the paper", "",
              f"Collected from `{runs_dir}` on {datetime.datetime.now():%Y-%m-%d %H:%M} by "
-             f"`python3 -m utils.table`. Accuracy: best test accuracy over the epochs (clip vote); "
+             f"`python3 -m utils.analysis.table`. Accuracy: best test accuracy over the epochs (clip vote); "
              f"NASFR: at that epoch. Δ acc in percentage points (ASA − LIF-SNN), Δ NASFR and Δ energy "
              f"in percent of the LIF-SNN value. Energy per test sample from best.pth and that epoch's "
-             f"firing rates (utils/energy.py: first layer MAC 4.6 pJ, spike-driven layers AC 0.9 pJ, "
+             f"firing rates (utils/analysis/energy.py: first layer MAC 4.6 pJ, spike-driven layers AC 0.9 pJ, "
              f"ASA ops MAC). Epochs k/N: runs still going or stopped early.", "",
              head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
@@ -354,21 +331,19 @@ def to_markdown(records: list[dict], runs_dir: str) -> str:
 def write_table(records: list[dict], out_dir: str, runs_dir: str) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     md, cs = os.path.join(out_dir, "table.md"), os.path.join(out_dir, "table.csv")
-    with open(md + ".tmp", "w") as f:
-        f.write(to_markdown(records, runs_dir))
-    os.replace(md + ".tmp", md)
-    with open(cs + ".tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in records:
-            w.writerow({k: ("" if r.get(k) is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
-                        for k in CSV_FIELDS})
-    os.replace(cs + ".tmp", cs)
+    atomic_write(md, to_markdown(records, runs_dir))
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in records:
+        w.writerow({k: ("" if r.get(k) is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
+                    for k in CSV_FIELDS})
+    atomic_write(cs, text.getvalue())
     return md, cs
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m utils.table",
+    p = argparse.ArgumentParser(prog="python3 -m utils.analysis.table",
                                 description="Collect run folders into results/table.md and table.csv "
                                             "(reproduced vs paper), or list / plan final.sh's rows.")
     p.add_argument("runs_dir", nargs="?", help="folder holding <row>_no and <row>_ASA run folders")

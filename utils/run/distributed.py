@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node=4 train_test.py -dataset gesture -data_path DIR ...
 
-Design (docs: ``train_test.py -h`` and the module docstrings of utils/loaders.py):
+Design (docs: ``train_test.py -h`` and the module docstrings of utils/run/loaders.py):
 
 - Launch: when torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) is present the
   run joins a process group, even with ``--nproc_per_node=1``; otherwise it is a plain process.
@@ -10,7 +10,7 @@ Design (docs: ``train_test.py -h`` and the module docstrings of utils/loaders.py
 - Batch: ``-batch_size_train`` is the GLOBAL batch (the optimisation does not change with the
   number of processes); each global batch is split over the ranks in near-equal parts and the
   per-rank loss is weighted so that DDP's gradient average equals the mean over the global batch
-  (utils/engine.py). ``-batch_size_test`` stays the size of one forward pass; whole test batches
+  (utils/run/engine.py). ``-batch_size_test`` stays the size of one forward pass; whole test batches
   are dealt round-robin to the ranks, so each test forward groups exactly the clips it groups in a
   single process (the reference ASA masks pool over that group: reference-mode test results do not
   depend on the number of processes). During training the reference masks pool over the part of
@@ -57,6 +57,11 @@ class Dist:
     local_rank: int = 0
     active: bool = False          # a process group is initialised
     backend: str | None = None
+
+    def say(self, *args, **kwargs) -> None:
+        """print, on rank 0 only."""
+        if self.is_main:
+            print(*args, **kwargs)
 
     @property
     def is_main(self) -> bool:
@@ -126,10 +131,6 @@ class Dist:
             raise UserError(shared)
         return value if self.is_main else shared
 
-    def barrier(self):
-        if self.active:
-            dist.barrier()
-
     def close(self):
         """Leave the process group. Call it after the DDP wrapper went out of scope: a DDP reducer
         (kept alive by reference cycles) that outlives its Gloo group is destroyed at interpreter
@@ -141,12 +142,21 @@ class Dist:
             self.active = False
 
 
-def setup(device_flag: str) -> tuple[Dist, str]:
-    """Join torchrun's process group when launched by it. Returns (Dist, device string to use).
+def pick_device(name: str) -> torch.device:
+    """-device: auto (CUDA when present), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"-device {name}: CUDA is not available on this machine (use -device cpu)")
+    return torch.device(name)
+
+
+def setup(device_flag: str) -> tuple[Dist, torch.device]:
+    """Join torchrun's process group when launched by it. Returns (Dist, the device to use).
 
     ``device_flag`` is -device: with several processes on CUDA, each rank takes cuda:LOCAL_RANK."""
     if not launched_by_torchrun():
-        return Dist(), device_flag
+        return Dist(), pick_device(device_flag)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     want_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
@@ -165,7 +175,36 @@ def setup(device_flag: str) -> tuple[Dist, str]:
         device, backend = "cpu", "gloo"
     kwargs = {"device_id": torch.device(device)} if backend == "nccl" else {}
     dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
-    return Dist(rank=rank, world_size=world, local_rank=local, active=True, backend=backend), device
+    return Dist(rank=rank, world_size=world, local_rank=local, active=True, backend=backend), torch.device(device)
+
+
+def wrap(net: torch.nn.Module, device: torch.device, d: Dist) -> torch.nn.Module:
+    """``net`` for training: DistributedDataParallel in a process group, ``net`` itself otherwise.
+
+    static_graph: ASA's alpha, beta and fc never get a gradient (docs/reference.md, dead
+    parameters); DDP then leaves their .grad None, exactly as a single process does. Buffers are
+    rank 0's at every training forward."""
+    if not d.active:
+        return net
+    import inspect
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    sync = ({"forward_sync_buffers": True} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+            else {"broadcast_buffers": True})
+    return DDP(net, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True, **sync)
+
+
+def batch_norm_plan(net: torch.nn.Module, device: torch.device, d: Dist, sync_bn: bool, say) -> torch.nn.Module:
+    """SyncBatchNorm over the global batch with several CUDA processes (-sync_bn); otherwise say
+    how BatchNorm normalises. Returns the network to train."""
+    if not d.active or d.world_size == 1:
+        return net
+    if device.type == "cuda" and sync_bn:
+        say("BatchNorm: SyncBatchNorm (statistics over the global batch)")
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    why = "-sync_bn false" if device.type == "cuda" else "PyTorch has no SyncBatchNorm on CPU"
+    say(f"BatchNorm: each process normalises with its own part of the batch ({why}); running "
+        f"statistics are rank 0's")
+    return net
 
 
 def split_sizes(n: int, parts: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""One training epoch and one test pass, each returning a dict of metrics (SPEC.md section 4).
+"""One training step, one training epoch and one test pass (docs/reference.md, "Training").
 
 Loss: MSE between the logits [N, K] and the one-hot label. The membrane state is reset for every
 batch because every spiking layer starts from zero at each forward. Test batches hold
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utils.allocator import release_free_memory
-from utils.metrics import SpikeMonitor, clip_vote
+from utils.run.allocator import release_free_memory
+from utils.run.metrics import SpikeMonitor, clip_vote
 
 
 class NonFiniteLoss(RuntimeError):
@@ -129,6 +129,17 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
             seen += len(y)
     return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]),
             "spikes": monitor.totals()}
+
+
+def test_metrics(net, loader, device, args, monitor: SpikeMonitor, d, progress: bool = True) -> dict:
+    """The test pass over this process's test batches, with sums added over the processes ``d``
+    before dividing: {test_loss, test_acc, test_nasfr, firing_rates}."""
+    res = evaluate(net, loader, device, args.num_classes, monitor, amp=args.amp, progress=progress)
+    out = summarise(d.all_reduce_sum(res["sums"]), "test")
+    rates = monitor.rates(d.all_reduce_sum(res["spikes"]))
+    out["test_nasfr"] = rates["nasfr"]
+    out["firing_rates"] = rates["firing_rates"]
+    return out
 
 
 def summarise(sums: torch.Tensor, prefix: str) -> dict:

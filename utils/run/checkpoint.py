@@ -18,19 +18,17 @@
 """
 from __future__ import annotations
 
-import errno
 import io
-import os
 import pickle
 import random
 import re
-import shutil
-import tempfile
 
 import numpy as np
 import torch
 
+from models import load_pretrained
 from utils.errors import UserError
+from utils.files import atomic_write
 
 FORMAT = "asa-snn-checkpoint/2"
 
@@ -39,50 +37,17 @@ ARCH_KEYS = ("arch", "T", "num_classes", "attention", "reduction", "lam")
 
 
 def atomic_save(obj, path: str) -> None:
-    """Serialise in memory (so a write error surfaces as an OSError with its errno, not as a
-    torch RuntimeError), write ``path.tmp``, fsync, rename over ``path``."""
-    tmp = path + ".tmp"
+    """torch.save ``obj`` into memory, then write it atomically (utils/files.py). Serialising first
+    makes a write error an OSError with its errno (disk full, file size limit), not a torch error."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        reason = e.strerror or str(e)
-        hint = ""
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            hint = "; free some space (the previous checkpoint is kept) and continue with -resume"
-        elif e.errno == errno.EFBIG:
-            hint = " (a file size limit, see ulimit -f); the previous checkpoint is kept"
-        raise UserError(f"cannot write checkpoint {path}: {reason}{hint}") from None
+    atomic_write(path, buf.getvalue(), what="checkpoint", then="and continue with -resume")
 
 
 def _numpy_state() -> tuple:
     """numpy's legacy global state with plain Python values (weights_only loading has no ndarray)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     return (str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(gauss))
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make the rename itself durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict:
@@ -155,6 +120,20 @@ def load_checkpoint(path: str, flag: str = "checkpoint") -> object:
         raise UserError(f"{flag} {path}: not a readable checkpoint ({type(e).__name__}: {first[:160]})") from None
 
 
+def load_weights(net, path: str, args, flag: str = "-pretrained_path") -> dict | None:
+    """Load the weights of checkpoint ``path`` into ``net`` (weights-only loading). A checkpoint of
+    this project whose architecture differs from ``args`` is refused naming the flag; the authors'
+    raw state dicts load by key. Returns the checkpoint dict (None for a raw state dict)."""
+    obj = load_checkpoint(path, flag)
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict) and "model" in obj:
+        check_compatible(obj["config"], args, flag, path)
+    try:
+        load_pretrained(net, obj)
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{flag} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return obj if isinstance(obj, dict) and "model" in obj else None
+
+
 def _show(key: str, v) -> str:
     if key == "frame_size" and isinstance(v, (list, tuple)):
         return "x".join(str(int(s)) for s in v)
@@ -185,34 +164,3 @@ def state_bytes(net, optimizer_slots: int = 2) -> int:
     params = sum(p.numel() * p.element_size() for p in net.parameters())
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())
     return params * (1 + optimizer_slots) + buffers + 64 * 1024
-
-
-def check_free_space(folder: str, need: int) -> None:
-    """UserError when ``folder``'s filesystem has less than ``need`` bytes free."""
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
-    if free < need:
-        raise UserError(f"not enough free disk space for checkpoints in {folder}: about "
-                        f"{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free")
-
-
-def probe_writable(folder: str) -> None:
-    """Write, fsync and remove a small uniquely named file: catches read-only or full filesystems
-    and permission problems that os.access cannot see (e.g. when running as root)."""
-    probe = None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write_probe_", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        os.remove(probe)
-    except OSError as e:
-        if probe:
-            try:
-                os.remove(probe)
-            except OSError:
-                pass
-        raise UserError(f"-modelPath: cannot write in {folder}: {e.strerror or e}") from None
