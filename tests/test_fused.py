@@ -109,6 +109,11 @@ def test_fused_plif_float64_exact_gradients():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def asa_both_backends(asa, x, g):
+    """(output, gradients of x, conv1, conv2) of ``asa`` and of its eager twin."""
+    return [run(m, x, g, (m.conv1.weight, m.conv2.weight)) for m in (asa, eager(asa))]
+
+
 @pytest.mark.parametrize("mask", ["reference", "per_sample"])
 @pytest.mark.parametrize("N, T, C, H, r", [(3, 6, 8, 5, 2), (1, 4, 4, 3, 1), (2, 2, 4, 4, 1),
                                            (4, 20, 16, 7, 4)])
@@ -117,10 +122,7 @@ def test_fused_asa_equals_eager(mask, N, T, C, H, r):
     asa = ASA(T, C, reduction=r, lam=0.5, mask=mask)
     x = torch.randn(N, T, C, H, H)
     x[:, :, :, 0, 0] = -1.0                        # ties at the masked max (zeros) for some maps
-    g = torch.randn_like(x)
-    twin = eager(asa)
-    y_f, g_f = run(asa, x, g, (asa.conv1.weight, asa.conv2.weight))
-    y_e, g_e = run(twin, x, g, (twin.conv1.weight, twin.conv2.weight))
+    (y_f, g_f), (y_e, g_e) = asa_both_backends(asa, x, torch.randn_like(x))
     assert torch.equal(y_f, y_e)
     for a, b in zip(g_f, g_e):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()))
@@ -133,10 +135,7 @@ def test_fused_asa_max_ties_route_to_first_index(mask):
     torch.manual_seed(3)
     asa = ASA(6, 5, mask=mask)
     x = torch.randint(-2, 3, (3, 6, 5, 4, 4)).float()
-    g = torch.randn_like(x)
-    twin = eager(asa)
-    y_f, g_f = run(asa, x, g, (asa.conv1.weight, asa.conv2.weight))
-    y_e, g_e = run(twin, x, g, (twin.conv1.weight, twin.conv2.weight))
+    (y_f, g_f), (y_e, g_e) = asa_both_backends(asa, x, torch.randn_like(x))
     assert torch.equal(y_f, y_e)
     for a, b in zip(g_f, g_e):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
