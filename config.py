@@ -9,6 +9,7 @@ could only be switched on).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -127,8 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-modelPath", default="runs", metavar="DIR",
                    help="parent folder of run folders (metrics.csv, config.json, checkpoints)")
     o.add_argument("-name", default=None,
-                   help="run folder name (default: <dataset>_<arch>_<attention>_T<T>_seed<seed>_<time>); "
-                        "an existing folder is never overwritten (continue one with -resume)")
+                   help="run folder name, one plain folder name inside -modelPath (default: "
+                        "<dataset>_<arch>_<attention>_T<T>_seed<seed>_<time>); an existing folder is "
+                        "never overwritten (continue one with -resume)")
+    _bool_flag(o, "-skip_memory_check", False,
+               "start even when the estimated memory of one training step (printed in the refusal) "
+               "exceeds the memory available on this machine")
     return p
 
 
@@ -188,6 +193,7 @@ def resume_run_dir(args, explicit) -> str:
         if not args.name:
             raise UserError("-resume needs the run to continue: -resume RUN_DIR, or -resume -name RUN "
                             "(looked up under -modelPath)")
+        check_run_name(args.name)
         return os.path.join(args.modelPath, args.name)
     path = str(args.resume)
     if os.path.isfile(path):                      # -resume RUN_DIR/last.pth names the folder too
@@ -209,15 +215,16 @@ def resume_config(args, explicit, parser):
     if not os.path.isdir(run_dir):
         raise UserError(f"-resume {run_dir}: no such run folder")
     path = os.path.join(run_dir, "last.pth")
-    if not os.path.isfile(path):
-        raise UserError(f"-resume {run_dir}: no checkpoint (last.pth) in it: the run ended before its "
-                        f"first epoch finished; nothing to resume, start it again")
-    ckpt = load_checkpoint(path, "-resume")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config"), dict) \
-            or ckpt.get("rng") is None:
-        raise UserError(f"-resume {path}: not a resumable checkpoint of this version (expected format "
-                        f"{FORMAT} with optimizer and random-generator states)")
-    cfg = ckpt["config"]
+    if os.path.isfile(path):
+        ckpt = load_checkpoint(path, "-resume")
+        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config"), dict) \
+                or ckpt.get("rng") is None:
+            raise UserError(f"-resume {path}: not a resumable checkpoint of this version (expected format "
+                            f"{FORMAT} with optimizer and random-generator states)")
+        cfg = ckpt["config"]
+    else:
+        cfg = unstarted_run_config(run_dir)
+        path = None
     dests = {a.dest for a in parser._actions} - {"help", "resume", "modelPath", "name"}
     for key in sorted(dests):
         if key not in cfg:
@@ -236,23 +243,63 @@ def resume_config(args, explicit, parser):
         if key in cfg:
             v = cfg[key]
             setattr(args, key, tuple(v) if isinstance(v, list) else v)
-    args.pretrained_path = None              # the weights come from last.pth
+    args.pretrained_path = None if path else cfg.get("pretrained_path")   # the weights: last.pth
     args.eval_only = False
     args.run_dir = os.path.abspath(run_dir)
     args.resume = args.run_dir
-    args.resume_checkpoint = path
+    args.resume_checkpoint = path            # None: the run stopped before its first checkpoint
     args.modelPath, args.name = os.path.split(args.run_dir)
     return args
 
 
+def unstarted_run_config(run_dir: str) -> dict:
+    """The config.json of a run folder without last.pth (stopped before its first epoch ended):
+    -resume starts that run again from epoch 0 in the same folder, with its own settings."""
+    import json
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise UserError(f"-resume {run_dir}: no checkpoint (last.pth) and no config.json in it: not a "
+                        f"run folder of this project, or one that stopped before it was set up; "
+                        f"remove it and start the run again")
+    if os.path.exists(os.path.join(run_dir, "best.pth")):
+        raise UserError(f"-resume {run_dir}: best.pth but no checkpoint (last.pth) in it; continue from "
+                        f"the weights with -pretrained_path {os.path.join(run_dir, 'best.pth')} -name NEW")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"-resume {cfg_path}: not a readable config.json ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"-resume {cfg_path}: expected a JSON object of the run's settings")
+    if cfg.get("eval_only"):
+        raise UserError(f"-resume {run_dir}: an -eval_only run (no training to continue)")
+    return cfg
+
+
+SEED_MAX = 2**32 - 1        # numpy's and torch's seeds are unsigned 32-bit
+
+
 def validate(args, info):
+    """Every flag against what it means: counts at least 1, real numbers finite (and positive where
+    a zero or a negative value means nothing), a frame window of at least 1 microsecond, a run name
+    that stays inside -modelPath. Runs before any file is read or written."""
     def bad(msg):
         raise UserError(msg)
-    for name in ("T", "ds", "clip", "batch_size_train", "batch_size_test", "num_epochs", "reduction"):
+    for name in ("T", "ds", "clip", "batch_size_train", "batch_size_test", "num_epochs", "reduction",
+                 "synthetic_train", "synthetic_test"):
         if getattr(args, name) < 1:
             bad(f"-{name} must be at least 1, got {getattr(args, name)}")
-    if args.dt <= 0:
-        bad(f"-dt must be positive (milliseconds), got {args.dt}")
+    for name, positive in (("dt", True), ("lr", True), ("weight_decay", False), ("lam", True)):
+        v = float(getattr(args, name))
+        if not math.isfinite(v):
+            bad(f"-{name} must be a finite number, got {getattr(args, name)}")
+        if v < 0 or (positive and v == 0):
+            bad(f"-{name} must be {'positive' if positive else '0 or more'}, got {getattr(args, name)}")
+    if round(float(args.dt) * 1000) < 1:
+        bad(f"-dt {args.dt} ms is shorter than the 1 us resolution of event times (frames would be "
+            f"empty); use at least 0.001")
+    if not 0 <= args.seed <= SEED_MAX:
+        bad(f"-seed must lie in 0..{SEED_MAX} (an unsigned 32-bit seed), got {args.seed}")
     if args.num_work < 0:
         bad(f"-num_work must be 0 or more, got {args.num_work}")
     if len(args.ps) != 5 or set(args.ps) - {"0", "1"}:
@@ -266,6 +313,8 @@ def validate(args, info):
         bad(f"-T {args.T} with -lam {args.lam} selects no time step (int(T*lam) = 0)")
     if args.num_classes is not None and args.num_classes < 2:
         bad(f"-num_classes must be at least 2, got {args.num_classes}")
+    if args.name is not None and args.resume is None:
+        check_run_name(args.name)
     if info.needs_path:
         if not args.data_path:
             bad(f"-dataset {args.dataset} needs -data_path DIR")
@@ -277,6 +326,14 @@ def validate(args, info):
         bad(f"-pretrained_path {args.pretrained_path}: no such file")
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
         bad(f"-device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+
+
+def check_run_name(name: str) -> None:
+    """-name is one folder name inside -modelPath: no separator, not '.', '..' or empty."""
+    if name in ("", ".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name) \
+            or "\0" in name:
+        raise UserError(f"-name {name!r}: must be one plain folder name inside -modelPath (no '/', "
+                        f"not '.' or '..'); put the parent folder in -modelPath")
 
 
 def from_saved(cfg: dict) -> argparse.Namespace:

@@ -75,8 +75,9 @@ def run(args) -> int:
         train_set, test_set, net = build(args, device)
         run_dir = runlog.open_run_folder(args, d)
         d.say(f"run folder: {run_dir}")
-        ckpt = load_weights(net, args.resume_checkpoint, args, "-resume") if args.resume else None
-        d.on_main(check_free_space, run_dir, 3 * state_bytes(net))   # best.pth, last.pth, one .tmp
+        resuming = args.resume is not None and args.resume_checkpoint is not None
+        ckpt = load_weights(net, args.resume_checkpoint, args, "-resume") if resuming else None
+        d.on_main(check_free_space, run_dir, runlog.checkpoint_space(run_dir, state_bytes(net)))
         runlog.start_report(args, d, device, net, len(train_set), len(test_set), notes)
         if not args.eval_only:
             net = distributed.batch_norm_plan(net, device, d, args.sync_bn, d.say)
@@ -105,24 +106,34 @@ def evaluate_only(args, net, test_loader, monitor, device, d, run_dir: str) -> i
 
 def main(argv=None) -> int:
     rank = distributed.env_rank()
-    if rank != 0:                      # only rank 0 prints; errors are reported by rank 0 as well
+    if rank != 0:                      # only rank 0 prints progress; every rank prints its own error
         sys.stdout = open(os.devnull, "w")
     try:
-        return run(config.parse_args(argv))
-    except UserError as e:
+        args = config.parse_args(argv)
+    except UserError as e:             # the same command line on every rank: rank 0 says it once
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        return run(args)
+    except UserError as e:
+        if not isinstance(e, distributed.RelayedError):      # rank 0 prints those
+            print(f"error: {rank_prefix(rank)}{e}", file=sys.stderr)
+        return 2
     except NonFiniteLoss as e:
-        if rank == 0:
-            print(f"error: {e}; stopping (the last good checkpoint and metrics.csv up to the previous "
-                  f"epoch are kept)", file=sys.stderr)
+        print(f"error: {rank_prefix(rank)}{e}; stopping (the last good checkpoint and metrics.csv up "
+              f"to the previous epoch are kept)", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         if rank == 0:
             print("interrupted; metrics.csv and the last checkpoint are on disk (continue with -resume)",
                   file=sys.stderr)
         return 130
+
+
+def rank_prefix(rank: int) -> str:
+    """'rank N: ' on the processes of a torchrun launch other than rank 0."""
+    return f"rank {rank}: " if rank else ""
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ import torch.distributed as dist
 from utils.errors import UserError
 
 
+class RelayedError(UserError):
+    """Rank 0's error, raised on the other ranks so that they stop too; rank 0 prints it."""
+
+
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
@@ -128,7 +132,7 @@ class Dist:
         dist.broadcast_object_list(payload, src=0)
         status, shared = payload[0]
         if status == "error":
-            raise UserError(shared)
+            raise UserError(shared) if self.is_main else RelayedError(shared)
         return value if self.is_main else shared
 
     def close(self):

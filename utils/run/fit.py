@@ -18,7 +18,7 @@ import torch
 from utils.errors import UserError
 from utils.run import distributed
 from utils.run.checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
-from utils.run.engine import (make_optimizer, reference_lr, set_lr, summarise, test_metrics,
+from utils.run.engine import (NonFiniteLoss, make_optimizer, reference_lr, set_lr, summarise, test_metrics,
                               train_one_epoch)
 from utils.run.reproducibility import NondeterminismReport, seed_everything
 from utils.run.runlog import MetricsCSV, read_rows
@@ -98,6 +98,7 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
             row = run_epoch(epoch, args, train_net, net, optimizer, scaler, loaders, train_set,
                             monitor, device, d)
         row["epoch_seconds"] = round(time.time() - t0, 2)
+        check_parameters(net, epoch)                   # before anything of this epoch is saved
         if row["test_acc"] >= progress.best_acc:       # ties: the later epoch, as the reference
             progress.best_acc, progress.best_epoch = row["test_acc"], epoch
             improved = True
@@ -108,6 +109,15 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
                   run_dir, improved)
         d.say(epoch_line(row, args.num_epochs, progress), flush=True)
     return progress
+
+
+def check_parameters(net, epoch: int) -> None:
+    """NonFiniteLoss when a weight or buffer is inf or NaN. The loss alone does not show it: a
+    spiking layer turns NaN input into no spikes, so the loss of a broken network stays finite."""
+    for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteLoss(f"non-finite values in {name} after epoch {epoch} (0-based, as in "
+                                f"metrics.csv); check -lr and -weight_decay")
 
 
 def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, train_set, monitor,

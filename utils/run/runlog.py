@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import fcntl
 import io
 import json
 import os
@@ -28,6 +29,7 @@ def create_run_dir(parent: str, name: str | None, default_name: str, exist_ok: b
     if not os.access(parent, os.W_OK):
         raise UserError(f"-modelPath {parent}: folder is not writable")
     path = os.path.join(parent, name or default_name)
+    inside_folder(parent, path, "-name")
     if name and os.path.exists(path) and not exist_ok:
         raise UserError(f"run folder {path} already exists; choose another -name, or continue that "
                         f"run with -resume {path} (nothing in it is overwritten)")
@@ -40,6 +42,60 @@ def create_run_dir(parent: str, name: str | None, default_name: str, exist_ok: b
     except OSError as e:
         raise UserError(f"-modelPath {parent}: cannot create run folder {path} ({e.strerror})") from None
     return path
+
+
+def inside_folder(parent: str, path: str, flag: str) -> None:
+    """UserError unless ``path`` lies inside ``parent`` (after resolving '..' and links)."""
+    top, p = os.path.realpath(parent), os.path.realpath(path)
+    if p == top or os.path.commonpath([top, p]) != top:
+        raise UserError(f"{flag}: {path} is not inside {parent}; give a plain folder name")
+
+
+# open lock files of the run folders this process holds (released when the process ends)
+_LOCKS: dict[str, object] = {}
+LOCK_NAME = ".lock"
+
+
+def lock_run_folder(run_dir: str) -> None:
+    """Hold an advisory lock (fcntl.flock) on <run_dir>/.lock for the life of this process, so that
+    a second run or -resume of the same folder is refused while this one works in it. The kernel
+    releases the lock when the process ends, however it ends: a stale lock cannot block."""
+    key = os.path.realpath(run_dir)
+    if key in _LOCKS:
+        return
+    path = os.path.join(run_dir, LOCK_NAME)
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise UserError(f"run folder {run_dir}: cannot open its lock file {path} ({e.strerror or e})") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise UserError(f"run folder {run_dir} is in use by another process{' (pid ' + holder + ')' if holder else ''}; "
+                        f"wait for it to end or stop it (a killed process leaves no lock behind)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _LOCKS[key] = f
+
+
+def release_run_folder(run_dir: str) -> None:
+    """Release this process's lock of ``run_dir`` (tests; a finished process releases it anyway)."""
+    f = _LOCKS.pop(os.path.realpath(run_dir), None)
+    if f is not None:
+        f.close()
+
+
+def checkpoint_space(run_dir: str, ckpt_bytes: int) -> int:
+    """Free bytes the checkpoints of a run need in ``run_dir``: one temporary copy while a file is
+    replaced, plus one for each of best.pth and last.pth that does not exist yet (an existing one
+    is replaced in place, its space is already taken)."""
+    missing = sum(not os.path.exists(os.path.join(run_dir, f)) for f in ("best.pth", "last.pth"))
+    return ckpt_bytes * (1 + missing)
 
 
 def write_json(path: str, obj) -> None:
@@ -67,7 +123,10 @@ def open_run_folder(args, d) -> str:
     (made by rank 0, its name shared with every process). Sets ``args.run_dir``."""
     if args.resume is None:
         args.run_dir = d.from_main(create_run_dir, args.modelPath, args.name, default_run_name(args))
+        d.on_main(lock_run_folder, args.run_dir)
         d.on_main(write_json, os.path.join(args.run_dir, "config.json"), config_dict(args))
+    else:
+        d.on_main(lock_run_folder, args.run_dir)
     return args.run_dir
 
 
@@ -144,10 +203,13 @@ class MetricsCSV:
 def read_rows(path: str) -> tuple[list[str], list[list[str]]]:
     """(header, data rows) of a metrics.csv; ([], []) when it is missing or empty."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except OSError:
         return [], []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable metrics.csv ({type(e).__name__}: {str(e)[:120]}); a "
+                        f"resumed run rewrites it from last.pth: move it away and continue") from None
     return (rows[0], rows[1:]) if rows else ([], [])
 
 
