@@ -39,13 +39,15 @@ from utils.run.checkpoint import load_weights, state_bytes  # noqa: E402
 from utils.run.engine import NonFiniteLoss, test_metrics  # noqa: E402
 from utils.run.fit import fit  # noqa: E402
 from utils.run.loaders import make_loaders  # noqa: E402
+from utils.run.memory import check_memory  # noqa: E402
 from utils.run.metrics import SpikeMonitor  # noqa: E402
 from utils.run.reproducibility import make_deterministic, seed_everything  # noqa: E402
 from utils.files import check_free_space  # noqa: E402
 
 
-def build(args, device: torch.device):
-    """Datasets and network; fills in what only the data can tell (classes, frame size)."""
+def build(args, device: torch.device, world_size: int = 1):
+    """Datasets and network; fills in what only the data can tell (classes, frame size). A run
+    that cannot fit in memory is refused before the network is made (utils/run/memory.py)."""
     train_set, test_set = create_dataset(args)
     if args.num_classes is None:
         args.num_classes = getattr(train_set, "num_classes", None)
@@ -53,6 +55,7 @@ def build(args, device: torch.device):
             raise UserError(f"-dataset {args.dataset}: cannot tell the number of classes; pass -num_classes")
     if args.frame_size is None:
         args.frame_size = tuple(int(s) for s in test_set[0][0].shape[-2:])
+    check_memory(args, device, world_size)
     net = create_net(args)
     if args.pretrained_path:
         load_weights(net, args.pretrained_path, args)
@@ -72,7 +75,7 @@ def run(args) -> int:
         seed_everything(args.seed)
         if args.resume is None:
             d.on_main(runlog.check_model_path, args.modelPath)       # fail before reading any data
-        train_set, test_set, net = build(args, device)
+        train_set, test_set, net = build(args, device, d.world_size)
         run_dir = runlog.open_run_folder(args, d)
         d.say(f"run folder: {run_dir}")
         resuming = args.resume is not None and args.resume_checkpoint is not None

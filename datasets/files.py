@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import zipfile
+import zlib
 
 import numpy as np
 
 from utils.errors import UserError
+from utils.files import inside_folder, probe_writable
 
 from .framing import Events, frame_shape, make_events
 
@@ -48,6 +51,8 @@ def class_folders(split_dir: str, exts: tuple[str, ...], what: str) -> dict[str,
         if not files:
             raise UserError(f"{d}: empty class folder (no {' / '.join(exts)} files; expected {what})")
         out[c] = [os.path.join(d, f) for f in files]
+        for f in out[c]:
+            check_regular_file(f)
     if not out:
         raise UserError(f"{split_dir}: no class folders (expected {what})")
     return out
@@ -79,8 +84,25 @@ def out_folder(args) -> str:
     raw, out = os.path.realpath(args.raw), os.path.realpath(args.out)
     if out == raw:
         raise UserError(f"--out {args.out}: must differ from --raw (the release is input only)")
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot create folder ({e.strerror or e})") from None
+    if not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out}: not a folder")
+    probe_writable(args.out, "--out")
     return args.out
+
+
+def release_member(root: str, name: str, where: str) -> str:
+    """root/name for a file name read from a release's list (a trials file): a relative path that
+    stays inside root, else UserError naming the list."""
+    if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise UserError(f"{where}: lists {name!r}; expected a file name inside {root} (no absolute "
+                        f"path, no '..')")
+    path = os.path.join(root, name)
+    inside_folder(root, path, "--raw")
+    return path
 
 
 def set_geometry(args, num_classes: int | None, sensor_size) -> None:
@@ -107,35 +129,92 @@ def check_bounds(ev: Events, sensor_size, path: str) -> Events:
 
 
 def events_from_columns(t, x, y, p, path: str) -> Events:
-    """Events from t (integer us), x, y, p (0/1, or -1/1, or bool) arrays; UserError naming path."""
+    """Events from t (integer us), x, y (integers), p (0/1, or -1/1, or bool) arrays; UserError
+    naming path for anything else (strings, objects, booleans where a number is meant, fractions,
+    NaN, lengths that differ)."""
     t, x, y, p = (np.asarray(a).reshape(-1) for a in (t, x, y, p))
     if not (len(t) == len(x) == len(y) == len(p)):
         raise UserError(f"{path}: t, x, y, p differ in length ({len(t)}, {len(x)}, {len(y)}, {len(p)})")
-    for name, a in (("t", t), ("x", x), ("y", y)):
+    for name, a in (("t", t), ("x", x), ("y", y), ("p", p)):
         if a.dtype.kind == "f":
             if len(a) and (not np.all(np.isfinite(a)) or np.any(a != np.floor(a))):
                 raise UserError(f"{path}: {name} holds non-integer values (expected integers"
                                 f"{'; t in microseconds' if name == 't' else ''})")
-        elif a.dtype.kind not in "iub":
-            raise UserError(f"{path}: {name} has dtype {a.dtype}, expected integers")
+        elif a.dtype.kind not in ("iub" if name == "p" else "iu"):
+            raise UserError(f"{path}: {name} has dtype {a.dtype}, expected integers"
+                            f"{' (or bool)' if name == 'p' else ''}")
     p = np.asarray(p)
     if p.dtype.kind == "b" or (len(p) and p.min() < 0):
         p = (p > 0)
     return make_events(t, p, x, y)
 
 
-def read_npz_events(path: str) -> Events:
-    """An npz with arrays t (us), x, y, p."""
+PICKLE_HINT = ("data files are read without pickles, so that no file can run code; convert it once "
+               "with 'python3 -m datasets.prepare' (docs/datasets.md), which writes plain arrays")
+
+
+def check_regular_file(path: str) -> None:
+    """UserError unless ``path`` is a regular file (a FIFO or a device named like a sample would
+    block or stream forever)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
+            "a device or socket"
+        raise UserError(f"{path}: is {kind}, not a regular file (expected a sample file)")
+
+
+def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT) -> dict:
+    """{name: array} of an .npz file, read without pickles. Every failure is one UserError naming
+    the file: not a regular file, empty (an interrupted write), not an npz, truncated, missing
+    ``keys``, or an object array (refused with ``hint``, the way out)."""
+    check_regular_file(path)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty file (0 bytes; an interrupted write?), expected an npz")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise UserError(f"{path}: not an npz file (it does not start as a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in "txyp" if k not in z.files]
+            missing = [k for k in (keys or ()) if k not in z.files]
             if missing:
-                raise UserError(f"{path}: missing arrays {missing} (expected t, x, y, p; found {z.files})")
-            return events_from_columns(z["t"], z["x"], z["y"], z["p"], path)
+                raise UserError(f"{path}: missing arrays {missing} (expected {', '.join(keys)}; found {z.files})")
+            return {k: z[k] for k in z.files}
     except UserError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path}: not a readable npz file ({e})") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise UserError(f"{path}: refused: it holds pickled Python objects (nothing in it was run); "
+                            f"{hint}") from None
+        raise UserError(f"{path}: not a readable npz file ({str(e).splitlines()[0][:160]})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        raise UserError(f"{path}: not a readable npz file ({type(e).__name__}: {str(e)[:160]}; "
+                        f"truncated or damaged?)") from None
+
+
+def load_npy(path: str, hint: str = PICKLE_HINT) -> np.ndarray:
+    """An .npy array read without pickles, with the checks of :func:`load_npz`."""
+    check_regular_file(path)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty file (0 bytes; an interrupted write?), expected an .npy array")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise UserError(f"{path}: refused: it holds pickled Python objects (nothing in it was run); "
+                            f"{hint}") from None
+        raise UserError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:160]})") from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable .npy array ({type(e).__name__}: {str(e)[:160]})") from None
+
+
+def read_npz_events(path: str) -> Events:
+    """An npz with arrays t (us), x, y, p."""
+    z = load_npz(path, "txyp")
+    return events_from_columns(z["t"], z["x"], z["y"], z["p"], path)
 
 
 def file_bytes(path: str) -> bytes:

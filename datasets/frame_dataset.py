@@ -6,9 +6,13 @@ training items [T, 2, X, Y], test items [clip, T, 2, X, Y], with the integer lab
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from utils.errors import UserError
 
 from .framing import count_frames, postprocess, test_clip_frames, train_window_start, window_frames
 
@@ -17,9 +21,10 @@ class EventFrameDataset(Dataset):
     def __init__(self, items, load, *, train: bool, T: int, dt_us: int, ds: int, sensor_size,
                  clip: int = 1, augment: bool = True, window_policy: str = "gesture",
                  is_spike: bool = False, interval_scaling: bool = False, empty_window: str = "zeros",
-                 uint32_clips: bool = False, event_transform=None, seed: int = 0):
+                 uint32_clips: bool = False, event_transform=None, seed: int = 0,
+                 num_classes: int | None = None):
         if len(items) == 0:
-            raise ValueError("EventFrameDataset needs at least one sample")
+            raise UserError("a dataset split has no samples (expected at least one)")
         self.items, self.load = list(items), load
         self.train, self.T, self.dt, self.ds = train, T, dt_us, ds
         self.sensor_size, self.clip, self.augment = tuple(sensor_size), clip, augment
@@ -27,6 +32,7 @@ class EventFrameDataset(Dataset):
         self.empty_window, self.uint32_clips = empty_window, uint32_clips
         self.event_transform = event_transform   # e.g. gait's EventDrop, training only
         self.seed, self.epoch = seed, 0
+        self.num_classes = num_classes            # labels outside 0..num_classes-1 are refused
 
     def __len__(self):
         return len(self.items)
@@ -41,6 +47,7 @@ class EventFrameDataset(Dataset):
 
     def __getitem__(self, i):
         ev, label = self.load(self.items[i])
+        check_label(label, self.num_classes, self.items[i])
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             start = train_window_start(ev, self.T * self.dt, rng, self.augment, self.window_policy)
@@ -56,6 +63,26 @@ class EventFrameDataset(Dataset):
         return torch.from_numpy(frames), int(label)
 
 
+def check_label(label, num_classes: int | None, item) -> None:
+    """UserError naming the sample when its label is not an integer in 0..num_classes-1."""
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise UserError(f"{sample_name(item)}: label {label!r} is not an integer class index")
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise UserError(f"{sample_name(item)}: label {label} is outside 0..{num_classes - 1 if num_classes else '?'} "
+                        f"(-num_classes {num_classes}; the dataset's classes, or a larger -num_classes)")
+
+
+def sample_name(item) -> str:
+    """A sample's file for messages: the item itself, or its first element that is a path."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, (tuple, list)):
+        for v in item:
+            if isinstance(v, str) and os.sep in v:
+                return v
+    return f"sample {item!r}"
+
+
 def train_test_sets(args, sensor_size, train, test, window_policy: str, event_transform=None,
                     interval_scaling: bool | None = None, uint32_clips: bool = False):
     """The (train_set, test_set) pair every dataset's build(args) returns.
@@ -67,7 +94,8 @@ def train_test_sets(args, sensor_size, train, test, window_policy: str, event_tr
     common = dict(T=int(args.T), dt_us=int(round(float(args.dt) * 1000)), ds=int(args.ds),
                   sensor_size=tuple(sensor_size), is_spike=bool(args.is_spike),
                   interval_scaling=bool(args.interval_scaling if interval_scaling is None else interval_scaling),
-                  empty_window=getattr(args, "interval_scaling_empty", "zeros"), seed=int(args.seed))
+                  empty_window=getattr(args, "interval_scaling_empty", "zeros"), seed=int(args.seed),
+                  num_classes=getattr(args, "num_classes", None))
     return (EventFrameDataset(*train, train=True, augment=args.augment, window_policy=window_policy,
                               event_transform=event_transform, **common),
             EventFrameDataset(*test, train=False, clip=args.clip, uint32_clips=uint32_clips, **common))

@@ -5,8 +5,10 @@
 * this project's prepared layout (``python3 -m datasets.prepare gait --raw RAW --out DIR``), one
   npz per walk: ``DIR/{train,test}/<person>/<walk>.npz`` with arrays t, x, y, p (no pickles);
 * the authors' npy layout: ``DIR/train/train_data.npy`` (an object array of (N_i, 4) int64 arrays,
-  columns t, x, y, p) with ``train_target.npy``, and the same under ``test/``. These are pickles:
-  they are loaded with ``allow_pickle=True``, so only use files you trust.
+  columns t, x, y, p) with ``train_target.npy``, and the same under ``test/``. These are pickles,
+  which could run code when loaded: training refuses them (one line naming the file) and
+  ``python3 -m datasets.prepare gait --raw DIR --out OUT`` converts them once into the layout above
+  (the same events), loading them with pickles allowed, as the release must be trusted to be read.
 
 The released text files (``{train,test}/<person>/*.txt``, lines ``t x y p``) are converted by
 ``datasets.prepare gait`` (:func:`prepare`, below); pointing -data_path at them gives an error that
@@ -21,12 +23,13 @@ other ids are replaced by their rank. Training windows follow the reference's ga
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 
 from utils.errors import UserError
 
-from .files import (check_bounds, class_folders, events_npz_bytes, natural_key, out_folder,
+from .files import (check_bounds, class_folders, events_npz_bytes, load_npy, natural_key, out_folder,
                     read_npz_events, split_dirs)
 from .frame_dataset import train_test_sets
 from .framing import Events, make_events
@@ -141,19 +144,26 @@ class EventDrop:
 
 
 class NpyGaitSamples:
-    """The authors' npy layout, loaded once (object arrays need allow_pickle)."""
+    """The authors' npy layout, loaded once. Its object arrays are pickles: only ``prepare`` (which
+    says it trusts them) passes ``trust_pickles``; training refuses them with the way out."""
 
-    def __init__(self, split_dir: str, split: str):
+    def __init__(self, split_dir: str, split: str, trust_pickles: bool = False):
         data_f = os.path.join(split_dir, f"{split}_data.npy")
         target_f = os.path.join(split_dir, f"{split}_target.npy")
         for f in (data_f, target_f):
             if not os.path.isfile(f):
                 raise UserError(f"{f}: missing (expected {LAYOUT})")
-        try:
-            self.data = np.load(data_f, allow_pickle=True)
-            self.targets = np.load(target_f, allow_pickle=True).reshape(-1)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{split_dir}: cannot load {split}_data.npy / {split}_target.npy ({e})") from None
+        root = os.path.dirname(os.path.abspath(split_dir))
+        hint = (f"the authors' npy layout is converted once with 'python3 -m datasets.prepare gait "
+                f"--raw {root} --out OUT' (pass -data_path OUT)")
+        if not trust_pickles:
+            self.data, self.targets = load_npy(data_f, hint), load_npy(target_f, hint).reshape(-1)
+        else:
+            try:
+                self.data = np.load(data_f, allow_pickle=True)
+                self.targets = np.load(target_f, allow_pickle=True).reshape(-1)
+            except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
+                raise UserError(f"{split_dir}: cannot load {split}_data.npy / {split}_target.npy ({e})") from None
         if len(self.data) != len(self.targets):
             raise UserError(f"{data_f}: {len(self.data)} samples but {target_f} has "
                             f"{len(self.targets)} targets")
@@ -182,11 +192,12 @@ def person_id(target):
     return target.item() if hasattr(target, "item") else target
 
 
-def gait_items(root: str):
+def gait_items(root: str, trust_pickles: bool = False):
     """(train items, test items, loader) for either layout under root."""
     tr, te = split_dirs(root, LAYOUT)
     if os.path.isfile(os.path.join(tr, "train_data.npy")):
-        srcs = {"train": NpyGaitSamples(tr, "train"), "test": NpyGaitSamples(te, "test")}
+        srcs = {"train": NpyGaitSamples(tr, "train", trust_pickles),
+                "test": NpyGaitSamples(te, "test", trust_pickles)}
         mapping = map_person_ids([person_id(v) for s in srcs.values() for v in s.targets], root)
         items = {k: [(k, i, mapping[person_id(v)]) for i, v in enumerate(s.targets)]
                  for k, s in srcs.items()}
@@ -242,7 +253,7 @@ def npy_jobs(out: str, tr: str, te: str, report) -> list:
     authors' npy layout."""
     jobs = []
     for split, d in (("train", tr), ("test", te)):
-        src = NpyGaitSamples(d, split)
+        src = NpyGaitSamples(d, split, trust_pickles=True)
         for i, target in enumerate(src.targets):
             p = os.path.join(out, split, str(person_id(target)), f"{split}_{i:05d}.npz")
             jobs.append((p, lambda a=src.data[i], w=f"{src.where}[{i}]": walk_npz_bytes(a, w, report)))
@@ -266,6 +277,10 @@ def prepare(args, report):
     out = out_folder(args)
     tr, te = split_dirs(args.raw, "RAW/{train,test}/<person>/*.txt or the authors' npy layout", "--raw")
     authors_npy = os.path.isfile(os.path.join(tr, "train_data.npy"))
+    if authors_npy:
+        print(f"prepare gait: loading {tr}/train_data.npy and {te}/test_data.npy with pickles allowed "
+              f"(the authors' npy layout can run code when loaded: use only files of the authors' "
+              f"release); the npz files written hold plain arrays")
     jobs = (npy_jobs if authors_npy else text_jobs)(out, tr, te, report)
     for p, make in report.progress(jobs, desc="gait", unit="walk"):
         report.write(p, make)

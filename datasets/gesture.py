@@ -21,7 +21,7 @@ import numpy as np
 
 from utils.errors import UserError
 
-from .files import out_folder
+from .files import check_bounds, check_regular_file, events_from_columns, out_folder, release_member
 from .frame_dataset import train_test_sets
 from .framing import Events, make_events
 from .readers import read_aedat31, read_gesture_labels
@@ -42,19 +42,33 @@ def list_split(root: str, split: str) -> list[str]:
 
 
 def read_sample(path: str) -> tuple[Events, int]:
+    """(events, label) of one sample file; every departure from the layout above (a missing or
+    mistyped dataset, an address off the 128x128 sensor, a polarity other than 0/1, no label) is a
+    UserError naming the file."""
     import h5py
+    check_regular_file(path)
     try:
         with h5py.File(path, "r") as h:
-            times, addrs, label = h["times"][()], h["addrs"][()], h["labels"][()]
-    except KeyError as e:
-        raise UserError(f"{path}: missing dataset {e} (expected times, addrs, labels)") from None
-    except OSError as e:
-        raise UserError(f"{path}: not a readable hdf5 file ({str(e).splitlines()[0]})") from None
-    addrs = np.asarray(addrs)
-    if addrs.ndim != 2 or addrs.shape[1] != 3 or len(addrs) != len(times):
-        raise UserError(f"{path}: addrs has shape {addrs.shape}, expected ({len(times)}, 3) [x, y, p]")
-    label = int(np.asarray(label).reshape(-1)[0])
-    return make_events(times, addrs[:, 2], addrs[:, 0], addrs[:, 1]), label
+            arrays = {}
+            for key in ("times", "addrs", "labels"):
+                if key not in h:
+                    raise UserError(f"{path}: missing dataset '{key}' (expected times, addrs, labels)")
+                if not isinstance(h[key], h5py.Dataset):
+                    raise UserError(f"{path}: '{key}' is a {type(h[key]).__name__}, expected a dataset "
+                                    f"(an array)")
+                arrays[key] = np.asarray(h[key][()])
+    except UserError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a readable hdf5 file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    times, addrs, label = arrays["times"], arrays["addrs"], arrays["labels"]
+    if addrs.ndim != 2 or addrs.shape[1] != 3 or len(addrs) != times.size:
+        raise UserError(f"{path}: addrs has shape {addrs.shape}, expected ({times.size}, 3) [x, y, p]")
+    if label.size == 0 or label.dtype.kind not in "iu":
+        raise UserError(f"{path}: labels holds {label.size} value(s) of dtype {label.dtype}, expected "
+                        f"one integer (class - 1)")
+    ev = events_from_columns(times, addrs[:, 0], addrs[:, 1], addrs[:, 2], path)
+    return check_bounds(ev, SENSOR, path), int(label.reshape(-1)[0])
 
 
 def build(args):
@@ -91,6 +105,8 @@ def release_trials(root: str, report) -> list[tuple[str, str]]:
             names = [ln.strip() for ln in f if ln.strip()]
         if not names:
             raise UserError(f"{lst}: lists no trials")
+        for n in names:
+            release_member(root, n, lst)
         trials += [(split, n) for n in names]
     return trials
 

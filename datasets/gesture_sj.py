@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from utils.errors import UserError
 
-from .files import npz_bytes, read_npz_events
+from .files import load_npz, npz_bytes, read_npz_events
 from .framing import postprocess
 from .gesture import write_trials
 
@@ -63,8 +63,8 @@ class SJGestureFrames(Dataset):
     """spikingjelly's frame dataset -> (float32 tensor, label); test items get a clip axis of 1."""
 
     def __init__(self, sj, train: bool, ds: int, is_spike: bool, interval_scaling: bool,
-                 empty_window: str = "zeros"):
-        self.sj, self.train, self.ds = sj, train, ds
+                 empty_window: str = "zeros", T: int | None = None):
+        self.sj, self.train, self.ds, self.T = sj, train, ds, T
         self.is_spike, self.interval_scaling, self.empty_window = is_spike, interval_scaling, empty_window
         self.epoch = 0
 
@@ -78,8 +78,8 @@ class SJGestureFrames(Dataset):
         return [int(t) for _, t in self.sj.samples]
 
     def __getitem__(self, i):
-        frames, label = self.sj[i]
-        frames = np.asarray(frames, dtype=np.float32)
+        path, label = self.sj.samples[i]
+        frames = read_frames(path, self.T)
         if self.ds > 1:
             T, C, H, W = frames.shape
             frames = frames.reshape(T, C, H // self.ds, self.ds, W // self.ds, self.ds).sum((3, 5))
@@ -113,8 +113,49 @@ def build(args):
         if len(sj) == 0:
             raise UserError(f"-data_path {root}: spikingjelly found no {'train' if train else 'test'} samples")
         sets.append(SJGestureFrames(sj, train, ds, bool(args.is_spike), bool(args.interval_scaling),
-                                    getattr(args, "interval_scaling_empty", "zeros")))
+                                    getattr(args, "interval_scaling_empty", "zeros"), int(args.T)))
+    check_frames_folder(root, int(args.T))
+    read_frames(sets[0].sj.samples[0][0], int(args.T))    # fail at start, naming the file
     return sets[0], sets[1]
+
+
+def frames_folder(root: str, T: int) -> str:
+    return os.path.join(root, f"frames_number_{T}_split_by_number")
+
+
+def check_frames_folder(root: str, T: int) -> None:
+    """Every events_np sample has a non-empty frame file in spikingjelly's frames folder. An
+    interrupted conversion leaves the folder with missing or zero-byte files, and spikingjelly,
+    seeing the folder, never converts again: the user must delete it."""
+    events_np, frames = os.path.join(root, "events_np"), frames_folder(root, T)
+    bad = []
+    for split in ("train", "test"):
+        split_dir = os.path.join(events_np, split)
+        for c in sorted(os.listdir(split_dir)) if os.path.isdir(split_dir) else ():
+            for f in sorted(os.listdir(os.path.join(split_dir, c))):
+                out = os.path.join(frames, split, c, f)
+                if not os.path.isfile(out) or os.path.getsize(out) == 0:
+                    bad.append(out)
+    if bad:
+        raise UserError(f"{frames}: {len(bad)} frame file(s) missing or empty (e.g. {bad[0]}): an "
+                        f"interrupted spikingjelly conversion; delete that folder and run again (it is "
+                        f"rebuilt from {events_np})")
+
+
+def read_frames(path: str, T: int | None) -> np.ndarray:
+    """spikingjelly's frames [T, 2, H, W] from its frames npz, read without pickles (spikingjelly's
+    own loader allows them); UserError naming the file and the folder to delete if it is torn."""
+    try:
+        frames = load_npz(path, ("frames",), hint="spikingjelly writes plain arrays; delete the frames "
+                                                  "folder and run again to rebuild it")["frames"]
+    except UserError as e:
+        raise UserError(f"{e} (delete {os.path.dirname(os.path.dirname(os.path.dirname(path)))} and run "
+                        f"again to rebuild the frames)" if "refused" not in str(e) else str(e)) from None
+    if frames.ndim != 4 or frames.shape[1] != 2 or (T is not None and frames.shape[0] != T) \
+            or frames.dtype.kind not in "iuf":
+        raise UserError(f"{path}: frames of shape {frames.shape} and dtype {frames.dtype}, expected "
+                        f"[{T}, 2, 128, 128] numbers")
+    return np.asarray(frames, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

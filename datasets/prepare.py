@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from utils.errors import UserError
-from utils.files import atomic_write
+from utils.files import atomic_write, inside_folder
 
 from .files import natural_key
 
@@ -47,6 +47,7 @@ class Report:
     rows: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     backwards: list = field(default_factory=list)
+    out: str | None = None          # --out: every file written must lie inside it
 
     def add(self, split, cls, ev, where: str | None = None):
         """One sample of the summary; ``where`` names a file read in its original event order."""
@@ -63,7 +64,11 @@ class Report:
         return ev
 
     def write(self, path: str, make) -> None:
-        """Write make() -> bytes to path atomically, unless path exists (a completed earlier run)."""
+        """Write make() -> bytes to path atomically, unless path exists (a completed earlier run).
+        A path outside --out (a name from the release's data with '..' or an absolute path) is
+        refused before anything is written."""
+        if self.out is not None:
+            inside_folder(self.out, path, "--out")
         if os.path.exists(path):
             self.skipped += 1
             return
@@ -155,7 +160,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.raw):
         print(f"error: --raw {args.raw}: no such folder", file=sys.stderr)
         return 2
-    report = Report()
+    report = Report(out=args.out)
     t0 = time.time()
     try:
         importlib.import_module(f"datasets.{PREPARERS[args.name][0]}").prepare(args, report)
@@ -165,6 +170,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished files are kept, rerun to complete", file=sys.stderr)
         return 130
+    except OSError as e:             # e.g. the disk filled up outside a write: one line, no traceback
+        name = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {name}{e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"prepare {args.name}: {report.written} written, {report.skipped} already present "
           f"({time.time() - t0:.1f} s)" + (f" -> {args.out}" if args.out else ""))
     for n in report.all_notes():

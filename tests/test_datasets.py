@@ -93,20 +93,25 @@ def test_gait_prepared_layout(tmp_path, name):
     check_items(train, test, args, [0, 1, 19], [0, 1, 19])
 
 
-def test_gait_authors_npy_layout(tmp_path):
+def test_gait_authors_npy_layout_is_refused_at_training_and_converted_by_prepare(tmp_path):
+    from datasets.prepare import main as prepare
+    raw = tmp_path / "raw"
     for split in ("train", "test"):
-        (tmp_path / split).mkdir()
+        (raw / split).mkdir(parents=True)
         data = np.empty(3, dtype=object)
         for i in range(3):
             t, x, y, p = random_events(100 + i, 128, 128, seed=i)
             data[i] = np.stack([t, x, y, p], 1).astype(np.int64)
-        np.save(tmp_path / split / f"{split}_data.npy", data, allow_pickle=True)
-        np.save(tmp_path / split / f"{split}_target.npy", np.array([0, 5, 19]))
-    args = make_args("gait_day", tmp_path)
+        np.save(raw / split / f"{split}_data.npy", data, allow_pickle=True)
+        np.save(raw / split / f"{split}_target.npy", np.array([0, 5, 19]))
+    with pytest.raises(UserError, match=r"train_data\.npy: refused: it holds pickled.*datasets\.prepare gait"):
+        create_dataset(make_args("gait_day", raw))
+    assert prepare(["gait", "--raw", str(raw), "--out", str(tmp_path / "out")]) == 0
+    args = make_args("gait_day", tmp_path / "out")
     train, test = create_dataset(args)
     check_items(train, test, args, [0, 5, 19], [0, 5, 19])
-    ev, _ = train.load(train.items[1])
-    assert len(ev) == 101
+    lengths = sorted(len(train.load(it)[0]) for it in train.items)
+    assert lengths == [100, 101, 102]             # the same walks, event for event
 
 
 def test_gait_text_layout_points_to_prepare(tmp_path):

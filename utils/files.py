@@ -81,7 +81,16 @@ def check_free_space(folder: str, need: int) -> None:
                         f"{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free")
 
 
-def probe_writable(folder: str) -> None:
+def inside_folder(parent: str, path: str, flag: str) -> None:
+    """UserError unless ``path`` lies strictly inside ``parent``, compared as written once '..' is
+    resolved (a symbolic link the user placed inside is theirs to follow): a path built from a
+    name or from data never leaves the folder the user named."""
+    top, p = os.path.abspath(parent), os.path.abspath(path)
+    if p == top or os.path.commonpath([top, p]) != top:
+        raise UserError(f"{flag} {parent}: {path} would lie outside it; refused")
+
+
+def probe_writable(folder: str, flag: str = "-modelPath") -> None:
     """Write, fsync and remove a small uniquely named file: catches read-only or full filesystems
     and permission problems that os.access cannot see (e.g. when running as root)."""
     probe = None
@@ -95,4 +104,4 @@ def probe_writable(folder: str) -> None:
     except OSError as e:
         if probe:
             discard(probe)
-        raise UserError(f"-modelPath: cannot write in {folder}: {e.strerror or e}") from None
+        raise UserError(f"{flag}: cannot write in {folder}: {e.strerror or e}") from None

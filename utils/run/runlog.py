@@ -12,7 +12,7 @@ import json
 import os
 
 from utils.errors import UserError
-from utils.files import atomic_write, probe_writable
+from utils.files import atomic_write, inside_folder, probe_writable
 
 
 def default_run_name(args) -> str:
@@ -29,7 +29,7 @@ def create_run_dir(parent: str, name: str | None, default_name: str, exist_ok: b
     if not os.access(parent, os.W_OK):
         raise UserError(f"-modelPath {parent}: folder is not writable")
     path = os.path.join(parent, name or default_name)
-    inside_folder(parent, path, "-name")
+    inside_folder(parent, path, "-modelPath")
     if name and os.path.exists(path) and not exist_ok:
         raise UserError(f"run folder {path} already exists; choose another -name, or continue that "
                         f"run with -resume {path} (nothing in it is overwritten)")
@@ -42,13 +42,6 @@ def create_run_dir(parent: str, name: str | None, default_name: str, exist_ok: b
     except OSError as e:
         raise UserError(f"-modelPath {parent}: cannot create run folder {path} ({e.strerror})") from None
     return path
-
-
-def inside_folder(parent: str, path: str, flag: str) -> None:
-    """UserError unless ``path`` lies inside ``parent`` (after resolving '..' and links)."""
-    top, p = os.path.realpath(parent), os.path.realpath(path)
-    if p == top or os.path.commonpath([top, p]) != top:
-        raise UserError(f"{flag}: {path} is not inside {parent}; give a plain folder name")
 
 
 # open lock files of the run folders this process holds (released when the process ends)
