@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RUN_DIR/last.pth works too), or '-resume -name RUN' for -modelPath/RUN. "
                         "The run's own settings are used (flags "
                         "typed now must agree with them, except -device, -num_work, -data_path, "
-                        "-deterministic, -sync_bn, -backend); model, optimizer, epoch, best accuracy, "
+                        "-deterministic, -sync_bn, -backend, -tensorboard); model, optimizer, epoch, best accuracy, "
                         "random-generator states and metrics.csv continue where the checkpoint was "
                         "written (metrics.csv rows newer than it are dropped and recomputed), so the "
                         "finished run equals an uninterrupted one with the same seed (bitwise on CPU "
@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-name", default=None,
                    help="run folder name (default: <dataset>_<arch>_<attention>_T<T>_seed<seed>_<time>); "
                         "an existing folder is never overwritten (continue one with -resume)")
+    _bool_flag(o, "-tensorboard", True,
+               "write TensorBoard event files into the run folder (per epoch: lr, losses, accuracies, "
+               "NASFR, each layer's firing rate; per step: the training loss; the hyper-parameters "
+               "with the final metrics); view with 'tensorboard --logdir runs'")
     return p
 
 
@@ -167,7 +171,7 @@ def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argpar
 
 
 # Flags a resumed run may change: they do not change what is computed (only where or how fast).
-RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "backend"}
+RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "backend", "tensorboard"}
 # Settings derived from the data or flags that the checkpoint's config records.
 RESUME_DERIVED = ("num_classes", "sensor_size", "augment", "frame_size", "dt")
 
