@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RUN_DIR/last.pth works too), or '-resume -name RUN' for -modelPath/RUN. "
                         "The run's own settings are used (flags "
                         "typed now must agree with them, except -device, -num_work, -data_path, "
-                        "-deterministic, -sync_bn, -backend); model, optimizer, epoch, best accuracy, "
+                        "-deterministic, -sync_bn, -backend, -tensorboard); model, optimizer, epoch, best accuracy, "
                         "random-generator states and metrics.csv continue where the checkpoint was "
                         "written (metrics.csv rows newer than it are dropped and recomputed), so the "
                         "finished run equals an uninterrupted one with the same seed (bitwise on CPU "
@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(o, "-skip_memory_check", False,
                "start even when the estimated memory of one training step (printed in the refusal) "
                "exceeds the memory available on this machine")
+    _bool_flag(o, "-tensorboard", True,
+               "write TensorBoard event files into the run folder (per epoch: lr, losses, accuracies, "
+               "NASFR, each layer's firing rate; per step: the training loss; the hyper-parameters "
+               "with the final metrics); view with 'tensorboard --logdir runs'")
     return p
 
 
@@ -172,7 +176,7 @@ def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argpar
 
 
 # Flags a resumed run may change: they do not change what is computed (only where or how fast).
-RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "backend"}
+RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "backend", "tensorboard"}
 # Settings derived from the data or flags that the checkpoint's config records.
 RESUME_DERIVED = ("num_classes", "sensor_size", "augment", "frame_size", "dt")
 

@@ -3,19 +3,23 @@
 #
 #   DATA_ROOT=/data sh final.sh                 every row of the paper's table, LIF-SNN and + ASA
 #   DATA_ROOT=/data sh final.sh gesture gait_day    only these rows
-#   sh final.sh demo                            the same pipeline on built-in synthetic data (~10 min, CPU)
+#   SEEDS="0 1 2" DATA_ROOT=/data sh final.sh   every row once per seed; the table: mean +- std, n
+#   sh final.sh demo                            the same pipeline on built-in synthetic data, 3 seeds (~10 min, CPU)
 #   NMNIST_PATH=/data/N-MNIST sh final.sh demo  ... plus a short N-MNIST row
 #   sh final.sh -h                              this help
 #
 # Each row runs twice (-attention no, -attention ASA) with the authors' settings; the rows and their
 # flags live in ONE place, the dataset presets (datasets/__init__.py), from which utils/analysis/table.py
 # builds the rows; `python3 -m utils.analysis.table --list` prints them.
-# Run folders: $RUNS_DIR/<row>_no and $RUNS_DIR/<row>_ASA (train_test.py's -name), console logs
-# beside them (<row>_<attention>.log, .err). A run whose metrics.csv has every epoch is not run
+# Run folders: $RUNS_DIR/<row>_no and $RUNS_DIR/<row>_ASA (train_test.py's -name) for the row's own
+# seed (the authors' 0), <row>_no_s<seed> and <row>_ASA_s<seed> for other seeds; console logs
+# beside them (<run>.log, .err). A run whose metrics.csv has every epoch is not run
 # again; an unfinished one is continued from its last.pth with train_test.py -resume, or, when it
 # has no checkpoint yet, moved aside to <name>.unfinished-<time> and started again. At the end the collector
 # (python3 -m utils.analysis.table) writes $OUT_DIR/table.md and table.csv (reproduced vs paper, deltas,
-# energy) and utils/analysis/plots.py draws Figure 1(c)-style PNGs for every row with both runs.
+# energy; with several seeds mean +- sample std and n, deltas per seed then averaged) and
+# $OUT_DIR/curves_<row>.png (test accuracy and NASFR per epoch, LIF-SNN and + ASA), and
+# utils/analysis/plots.py draws Figure 1(c)-style PNGs for every row with both runs (first seed).
 #
 # Data: set DATA_ROOT once; each row reads one sub-folder (a row whose folder is missing or empty
 # is skipped with a note saying how to prepare it):
@@ -34,8 +38,10 @@
 #
 # Environment (all optional):
 #   DATA_ROOT    data folder (default data)
+#   SEEDS        seeds, e.g. "0 1 2": each row runs once per seed (default: the row's own seed, 0;
+#                the demo: "0 1 2")
 #   RUNS_DIR     run folders (default results/runs)
-#   OUT_DIR      table output (default results; the demo: results/demo)
+#   OUT_DIR      table and curves (default results; the demo: results/demo)
 #   IMG_DIR      figures (default $OUT_DIR/figures/<row>; the demo: img)
 #   EXTRA_FLAGS  appended to every train_test.py call, e.g. "-device cuda:1 -num_work 8"
 #   PYTHON       interpreter (default python3)
@@ -50,7 +56,7 @@ RUNS_DIR=${RUNS_DIR:-results/runs}
 NMNIST_PATH=${NMNIST_PATH:-}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}
 VERBOSE=${VERBOSE:-0}
-export DATA_ROOT RUNS_DIR NMNIST_PATH
+SEEDS=${SEEDS:-}
 
 usage() {
     sed -n '2,/^set -u/p' "$0" | sed -e '/^set -u/d' -e 's/^# \{0,1\}//'
@@ -64,6 +70,7 @@ esac
 if [ "$demo" = 1 ]; then
     OUT_DIR=${OUT_DIR:-results/demo}
     IMG_DIR=${IMG_DIR:-img}
+    SEEDS=${SEEDS:-0 1 2}
     plan_args="--demo"
 else
     OUT_DIR=${OUT_DIR:-results}
@@ -71,10 +78,11 @@ else
     plan_args=""
 fi
 
+export DATA_ROOT RUNS_DIR NMNIST_PATH SEEDS
 start=$(date +%s)
 plan=$($PYTHON -m utils.analysis.table --plan $plan_args "$@") || exit 2
 mkdir -p "$RUNS_DIR" || exit 2
-echo "final.sh: data root $DATA_ROOT, run folders in $RUNS_DIR, table in $OUT_DIR"
+echo "final.sh: data root $DATA_ROOT, run folders in $RUNS_DIR, table in $OUT_DIR${SEEDS:+, seeds $SEEDS}"
 
 # Show the lines worth seeing from train_test.py's stdout (the full output is in the .log file).
 show() {
@@ -122,33 +130,41 @@ done <<EOF
 $plan
 EOF
 
-# The table: every paper row (also those not run), or the demo rows that have runs.
+# The table and the curves: every paper row (also those not run), or the demo rows that have runs;
+# the seeds asked for (all found when SEEDS is unset).
+seed_args=""
+[ -n "$SEEDS" ] && seed_args="--seeds $SEEDS"
+# shellcheck disable=SC2086  # $seed_args: a flag and its words
 if [ "$demo" = 1 ]; then
-    table_rows=""
-    for r in $($PYTHON -c "from utils.analysis.table import ROWS; print(' '.join(r.name for r in ROWS if r.demo))"); do
-        [ -d "$RUNS_DIR/${r}_no" ] || [ -d "$RUNS_DIR/${r}_ASA" ] && table_rows="$table_rows $r"
-    done
-    # shellcheck disable=SC2086
-    [ -n "$table_rows" ] && $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --rows $table_rows
+    $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --demo $seed_args
 else
-    $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --all-paper-rows
+    $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --all-paper-rows $seed_args
 fi || failed=$((failed + 1))
 
-# Figures for every row with both runs finished far enough to have a best.pth.
-for r in $($PYTHON -c "from utils.analysis.table import ROWS; print(' '.join(r.name for r in ROWS if r.demo == ($demo == 1)))"); do
-    if [ -f "$RUNS_DIR/${r}_no/best.pth" ] && [ -f "$RUNS_DIR/${r}_ASA/best.pth" ]; then
+# Figures for every row whose two runs of the first seed finished far enough to have a best.pth.
+# shellcheck disable=SC2086
+pairs=$($PYTHON -m utils.analysis.table --pairs --plan $plan_args) || failed=$((failed + 1))
+while IFS='|' read -r r lif asa; do
+    [ -n "$r" ] || continue
+    if [ -f "$lif/best.pth" ] && [ -f "$asa/best.pth" ]; then
         if [ "$demo" = 1 ]; then
             dir=$IMG_DIR; prefix="${r#demo_}_"
+            # the README shows the demo's curves beside its other figures
+            if [ -f "$OUT_DIR/curves_$r.png" ]; then
+                mkdir -p "$dir" && cp "$OUT_DIR/curves_$r.png" "$dir/${prefix}curves.png" || failed=$((failed + 1))
+            fi
         else
             dir=${IMG_DIR:-$OUT_DIR/figures}; prefix="${r}_"
         fi
-        $PYTHON -m utils.analysis.plots --lif "$RUNS_DIR/${r}_no" --asa "$RUNS_DIR/${r}_ASA" --out "$dir" \
+        $PYTHON -m utils.analysis.plots --lif "$lif" --asa "$asa" --out "$dir" \
             --prefix "$prefix" || failed=$((failed + 1))
     fi
-done
+done <<EOF
+$pairs
+EOF
 
 echo "final.sh: $ran run(s) started, $failed problem(s), $(( $(date +%s) - start ))s in all; table: $OUT_DIR/table.md"
-if [ "$ran" = 0 ] && [ "$demo" = 0 ] && ! ls "$RUNS_DIR" 2>/dev/null | grep -Eq '_(no|ASA)$'; then
+if [ "$ran" = 0 ] && [ "$demo" = 0 ] && ! ls "$RUNS_DIR" 2>/dev/null | grep -Eq '_(no|ASA)(_s[0-9]+)?$'; then
     echo "final.sh: no data found under $DATA_ROOT; 'sh final.sh demo' runs the pipeline on built-in data."
 fi
 [ "$failed" = 0 ]

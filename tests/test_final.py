@@ -234,3 +234,68 @@ def test_collector_energy_columns(tmp_path):
     assert r["energy_asa_uJ"] == pytest.approx(syn(0.1) + r["energy_asa_part_uJ"])
     assert r["energy_asa_part_uJ"] > 0
     assert r["d_energy_pct"] == pytest.approx((r["energy_asa_uJ"] - r["energy_no_uJ"]) / r["energy_no_uJ"] * 100)
+
+
+# ------------------------------------------------------------------------------------------------
+# seeds: final.sh's plan per seed, the collector's mean, sample std and n, paired deltas
+# ------------------------------------------------------------------------------------------------
+
+def test_plan_runs_each_row_once_per_seed(tmp_path):
+    (tmp_path / "data" / "gesture" / "train").mkdir(parents=True)
+    env = {"DATA_ROOT": str(tmp_path / "data"), "RUNS_DIR": str(tmp_path / "runs"), "SEEDS": "0 7"}
+    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    # the row's own seed keeps today's folder names; another seed gets _s<seed>
+    assert [i[3] for i in items] == ["gesture_no", "gesture_ASA", "gesture_no_s7", "gesture_ASA_s7"]
+    for item, seed in zip(items, (0, 0, 7, 7)):
+        assert item[0] == "RUN"
+        args = config.parse_args(item[5].split() + ["-data_path", item[4]])
+        assert args.seed == seed and args.T == 60              # only the seed differs from the row
+    # without SEEDS: one run per attention, exactly as before seeds existed
+    one = table.plan([ROW_BY_NAME["gesture"]], {k: v for k, v in env.items() if k != "SEEDS"})
+    assert [(i[3], i[5]) for i in one] == [("gesture_no", ROW_BY_NAME["gesture"].flags),
+                                           ("gesture_ASA", ROW_BY_NAME["gesture"].flags)]
+    for bad, why in (("0 x", "non-negative integers"), ("1 1", "twice"), ("-1", "non-negative")):
+        r = run_final(tmp_path, "gesture", SEEDS=bad)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+        assert r.stderr.startswith(f"error: SEEDS={bad!r}") and why in r.stderr
+
+
+def test_collector_mean_std_and_paired_deltas_over_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    # LIF-SNN, seeds 0 1 2: best epochs 80.0 / 0.20, 70.0 / 0.25, 90.0 / 0.40
+    fake_run(runs / "gesture_no", [50.0, 80.0], [0.30, 0.20])
+    fake_run(runs / "gesture_no_s1", [70.0, 60.0], [0.25, 0.10])
+    fake_run(runs / "gesture_no_s2", [90.0], [0.40])
+    # + ASA, seeds 0 1 3: 85.0 / 0.10, 79.0 / 0.05, 60.0 / 0.20 (seed 3 has no LIF-SNN run)
+    fake_run(runs / "gesture_ASA", [85.0], [0.10])
+    fake_run(runs / "gesture_ASA_s1", [79.0], [0.05])
+    fake_run(runs / "gesture_ASA_s3", [60.0], [0.20])
+    (runs / "gesture_ASA_s4.log").write_text("a console log, not a run folder")
+    out = tmp_path / "out"
+    assert table.main([str(runs), "--out", str(out), "--no-energy"]) == 0
+    with open(out / "table.csv", newline="") as f:
+        (g,) = list(csv.DictReader(f))
+    num = lambda k: float(g[k])  # noqa: E731
+    assert g["seeds"] == "0 1 2 3" and (g["n_no"], g["n_asa"], g["n_pairs"]) == ("3", "3", "2")
+    assert num("acc_no") == pytest.approx(80.0)
+    assert num("acc_no_std") == pytest.approx(((0 ** 2 + 10 ** 2 + 10 ** 2) / 2) ** 0.5)       # 10.0, ddof 1
+    nasfr_mean = (0.20 + 0.25 + 0.40) / 3
+    assert num("nasfr_no") == pytest.approx(nasfr_mean, abs=1e-6)
+    assert num("nasfr_no_std") == pytest.approx(
+        (((0.20 - nasfr_mean) ** 2 + (0.25 - nasfr_mean) ** 2 + (0.40 - nasfr_mean) ** 2) / 2) ** 0.5, abs=1e-6)
+    assert num("acc_asa") == pytest.approx((85 + 79 + 60) / 3, abs=1e-6)
+    # deltas from the seeds with both runs (0 and 1), then averaged: acc +5 and +9 -> 7 +- 2.83;
+    # NASFR -50 % and -80 % -> -65 % +- 21.2
+    assert num("d_acc_pp") == pytest.approx(7.0) and num("d_acc_pp_std") == pytest.approx(8 ** 0.5)
+    assert num("d_nasfr_pct") == pytest.approx(-65.0) and num("d_nasfr_pct_std") == pytest.approx(450 ** 0.5)
+    md = (out / "table.md").read_text()
+    assert "| 80.0 ± 10.0 / 0.283 ± 0.104 (n=3) | 74.7 ± 13.1 / 0.117 ± 0.076 (n=3) | " \
+           "+7.0 ± 2.8 pp / -65.0 ± 21.2% (n=2) |" in md
+    assert "ddof = 1" in md and (out / "curves_gesture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # only some seeds: --seeds 0 2 -> LIF-SNN 80, 90; + ASA seed 0 alone
+    assert table.main([str(runs), "--out", str(out), "--no-energy", "--no-curves", "--seeds", "0", "2"]) == 0
+    with open(out / "table.csv", newline="") as f:
+        (g,) = list(csv.DictReader(f))
+    assert (g["n_no"], g["n_asa"], g["n_pairs"]) == ("2", "1", "1")
+    assert float(g["acc_no"]) == pytest.approx(85.0) and float(g["acc_no_std"]) == pytest.approx(50 ** 0.5)
+    assert g["acc_asa_std"] == "" and float(g["d_acc_pp"]) == pytest.approx(5.0) and g["d_acc_pp_std"] == ""

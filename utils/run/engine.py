@@ -73,8 +73,9 @@ def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler
 
 def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int = 0,
                     amp: bool = False, scaler=None, progress: bool = True, plan=None,
-                    world_size: int = 1, all_finite=None) -> dict:
+                    world_size: int = 1, all_finite=None, on_step=None) -> dict:
     """One epoch; returns this process's raw sums {'sums': [loss_sum, correct, seen]} (float64).
+    ``on_step(b, loss)``, when given, receives each step's index and detached loss (TensorBoard).
 
     Several processes (DistributedDataParallel): ``plan`` lists per step (samples of this rank
     that count, samples of the global batch) (utils/loaders.ShardedBatchSampler.plan). The rank's
@@ -101,6 +102,8 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
             loss_sum += loss.double() * counted
             correct += (logits[:counted].argmax(1) == y[:counted]).sum()
             seen += counted
+        if on_step is not None:
+            on_step(b, loss)
         if progress:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])}

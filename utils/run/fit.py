@@ -5,7 +5,8 @@ Per epoch: the reference's learning rate for that epoch (utils/run/engine.refere
 training pass, one test pass (accuracy by clip vote, NASFR), then, in this order, the metrics.csv
 row, best.pth when the test accuracy is at least the best so far (ties: the later epoch, as the
 reference), and last.pth, the resume point, which carries the rows up to this epoch and every
-process's random-generator states.
+process's random-generator states. With -tensorboard (utils/run/tblog.py) the epoch's events are
+flushed first, so whatever last.pth says is done is in the event files too.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from utils.run.engine import (NonFiniteLoss, make_optimizer, reference_lr, set_l
                               train_one_epoch)
 from utils.run.reproducibility import NondeterminismReport, seed_everything
 from utils.run.runlog import MetricsCSV, read_rows
+from utils.run.tblog import TensorBoardLog
 
 BASE_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_nasfr"]
 
@@ -92,23 +94,42 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
     del ckpt
     if progress.start_epoch >= args.num_epochs:
         d.say(f"the run already finished all {args.num_epochs} epochs")
-    for epoch in range(progress.start_epoch, args.num_epochs):
-        t0 = time.time()
-        with NondeterminismReport(args.deterministic and epoch == progress.start_epoch, d.say):
-            row = run_epoch(epoch, args, train_net, net, optimizer, scaler, loaders, train_set,
-                            monitor, device, d)
-        row["epoch_seconds"] = round(time.time() - t0, 2)
-        check_parameters(net, epoch)                   # before anything of this epoch is saved
-        if row["test_acc"] >= progress.best_acc:       # ties: the later epoch, as the reference
-            progress.best_acc, progress.best_epoch = row["test_acc"], epoch
-            improved = True
-        else:
-            improved = False
-        rngs = d.gather_objects(rng_state())           # after the last random draw of the epoch
-        d.on_main(save_epoch, log, row, net, optimizer, scaler, progress, args, rngs, d.world_size,
-                  run_dir, improved)
-        d.say(epoch_line(row, args.num_epochs, progress), flush=True)
+        return progress
+    tb = d.on_main(lambda: TensorBoardLog(run_dir, progress.start_epoch, len(loaders[0]))
+                   if args.tensorboard else None)
+    best = best_metrics(progress, fields)
+    try:
+        for epoch in range(progress.start_epoch, args.num_epochs):
+            t0 = time.time()
+            on_step = (lambda b, loss, e=epoch: tb.step(e, b, loss.item())) if tb else None
+            with NondeterminismReport(args.deterministic and epoch == progress.start_epoch, d.say):
+                row = run_epoch(epoch, args, train_net, net, optimizer, scaler, loaders, train_set,
+                                monitor, device, d, on_step)
+            row["epoch_seconds"] = round(time.time() - t0, 2)
+            check_parameters(net, epoch)                   # before anything of this epoch is saved
+            if row["test_acc"] >= progress.best_acc:       # ties: the later epoch, as the reference
+                progress.best_acc, progress.best_epoch = row["test_acc"], epoch
+                best = {k: row[k] for k in ("test_acc", "test_nasfr")}
+                improved = True
+            else:
+                improved = False
+            rngs = d.gather_objects(rng_state())           # after the last random draw of the epoch
+            d.on_main(save_epoch, log, row, net, optimizer, scaler, progress, args, rngs, d.world_size,
+                      run_dir, improved, tb, best)
+            d.say(epoch_line(row, args.num_epochs, progress), flush=True)
+    finally:
+        if tb is not None:
+            tb.close()
     return progress
+
+
+def best_metrics(p: Progress, fields: list[str]) -> dict | None:
+    """test_acc and test_nasfr of the best epoch among the rows so far (a resumed run's)."""
+    for r in p.rows:
+        row = dict(zip(fields, r))
+        if int(row["epoch"]) == p.best_epoch:
+            return {k: float(row[k]) for k in ("test_acc", "test_nasfr")}
+    return None
 
 
 def check_parameters(net, epoch: int) -> None:
@@ -121,7 +142,7 @@ def check_parameters(net, epoch: int) -> None:
 
 
 def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, train_set, monitor,
-              device, d) -> dict:
+              device, d, on_step=None) -> dict:
     """One training pass and one test pass; the metrics.csv row (without its time)."""
     train_loader, test_loader, sampler = loaders
     lr = reference_lr(epoch, args.lr, args.num_epochs)
@@ -131,7 +152,7 @@ def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, trai
     sums = train_one_epoch(train_net, train_loader, optimizer, device, args.num_classes, epoch,
                            amp=args.amp, scaler=scaler, progress=d.is_main,
                            plan=sampler.plan() if d.active else None, world_size=d.world_size,
-                           all_finite=d.all_true if d.active else None)["sums"]
+                           all_finite=d.all_true if d.active else None, on_step=on_step)["sums"]
     tr = summarise(d.all_reduce_sum(sums), "train")
     d.broadcast_buffers(net)                  # every rank tests with rank 0's BatchNorm statistics
     te = test_metrics(net, test_loader, device, args, monitor, d, progress=d.is_main)
@@ -140,9 +161,14 @@ def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, trai
 
 
 def save_epoch(log: MetricsCSV, row: dict, net, optimizer, scaler, progress: Progress, args, rngs,
-               world_size: int, run_dir: str, improved: bool) -> None:
-    """The row, then best.pth, then last.pth (the resume point: a kill before it is written
-    repeats the epoch)."""
+               world_size: int, run_dir: str, improved: bool, tb=None, best: dict | None = None) -> None:
+    """TensorBoard's events (flushed), the row, then best.pth, then last.pth (the resume point: a
+    kill before it is written repeats the epoch)."""
+    if tb is not None:
+        tb.epoch(row)
+        if row["epoch"] == args.num_epochs - 1:
+            tb.hparams(args, row["epoch"], best, row)
+        tb.flush()
     log.append(row)
     ck = make_checkpoint(net, optimizer, row["epoch"], progress.best_acc, progress.best_epoch, args,
                          scaler=scaler, rng=rngs, metrics={"fields": log.fields, "rows": log.rows},

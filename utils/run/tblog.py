@@ -1,0 +1,98 @@
+"""TensorBoard event files in the run folder (``-tensorboard``, on by default; rank 0 only).
+
+    tensorboard --logdir runs          # every run under -modelPath, live while they train
+
+Layout (README, "What a run writes"): the run folder is one TensorBoard run, the x-axis of its
+curves is the epoch (0-based, as in metrics.csv):
+
+- ``<run>/events.out.tfevents.*``: per epoch ``lr``, ``train/loss``, ``train/acc``, ``test/loss``,
+  ``test/acc``, ``test/nasfr`` and ``firing_rate/<layer>`` (the metrics.csv row); once, with the
+  last epoch, the hyper-parameters (the run's scalar settings) with ``hparams/best_test_acc``,
+  ``hparams/best_test_nasfr`` (at the best epoch), ``hparams/final_test_acc`` and
+  ``hparams/final_test_nasfr``. They are written into the run's own event file, not into the
+  time-stamped sub-folder SummaryWriter.add_hparams would make, so the HParams view shows one row
+  per run.
+- ``<run>/steps/events.out.tfevents.*``: per training step ``train/loss_step`` at global step
+  ``epoch * steps_per_epoch + i`` (with several processes, rank 0's share of the batch). A sub-run
+  of its own, because its x-axis is the step, not the epoch.
+
+Resume: each writer starts with ``purge_step`` at the first epoch (or step) that is redone, so
+TensorBoard drops whatever an interrupted run logged from there on and the curves continue without
+duplicates. The epoch's events are flushed before its metrics.csv row and last.pth are written:
+whatever a checkpoint says is done is on disk, and anything newer is purged on resume.
+"""
+from __future__ import annotations
+
+import os
+
+from utils.errors import UserError
+
+STEPS_SUBDIR = "steps"
+EPOCH_TAGS = {"lr": "lr", "train_loss": "train/loss", "train_acc": "train/acc",
+              "test_loss": "test/loss", "test_acc": "test/acc", "test_nasfr": "test/nasfr"}
+STEP_TAG = "train/loss_step"
+# settings that say where or how a run was computed, not what: left out of the hyper-parameters
+NOT_HPARAMS = {"data_path", "modelPath", "name", "run_dir", "resume", "resume_checkpoint",
+               "pretrained_path", "explicit", "device", "num_work", "tensorboard", "eval_only"}
+
+
+def epoch_tag(column: str) -> str:
+    """The TensorBoard tag of a metrics.csv column (fr_<layer> -> firing_rate/<layer>)."""
+    if column.startswith("fr_"):
+        return "firing_rate/" + column[3:]
+    return EPOCH_TAGS[column]
+
+
+def hparam_values(args) -> dict:
+    """The run's settings that TensorBoard's HParams view can show (bool, int, float, str)."""
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        if k in NOT_HPARAMS or v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            v = "x".join(str(x) for x in v)
+        if isinstance(v, (bool, int, float, str)):
+            out[k] = v
+    return out
+
+
+class TensorBoardLog:
+    """The two SummaryWriters of a run, opened at ``start_epoch`` (0 for a new run)."""
+
+    def __init__(self, run_dir: str, start_epoch: int, steps_per_epoch: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("-tensorboard: the tensorboard package is not installed (pip install "
+                            "tensorboard, see requirements.txt), or pass -tensorboard false") from None
+        self.steps_per_epoch = steps_per_epoch
+        first_step = start_epoch * steps_per_epoch
+        self.epochs = SummaryWriter(run_dir, purge_step=start_epoch or None)
+        self.steps = SummaryWriter(os.path.join(run_dir, STEPS_SUBDIR), purge_step=first_step or None)
+
+    def step(self, epoch: int, i: int, loss: float) -> None:
+        self.steps.add_scalar(STEP_TAG, loss, epoch * self.steps_per_epoch + i)
+
+    def epoch(self, row: dict) -> None:
+        """One metrics.csv row (without its time) as scalars at step ``row['epoch']``."""
+        for k, v in row.items():
+            if k in EPOCH_TAGS or k.startswith("fr_"):
+                self.epochs.add_scalar(epoch_tag(k), float(v), row["epoch"])
+
+    def hparams(self, args, epoch: int, best: dict, final: dict) -> None:
+        """The hyper-parameters with the run's final metrics, once, at the last epoch's step."""
+        from torch.utils.tensorboard.summary import hparams
+        metrics = {"hparams/best_test_acc": best["test_acc"], "hparams/best_test_nasfr": best["test_nasfr"],
+                   "hparams/final_test_acc": final["test_acc"], "hparams/final_test_nasfr": final["test_nasfr"]}
+        for summary in hparams(hparam_values(args), metrics):
+            self.epochs.file_writer.add_summary(summary, epoch)
+        for k, v in metrics.items():
+            self.epochs.add_scalar(k, float(v), epoch)
+
+    def flush(self) -> None:
+        self.steps.flush()
+        self.epochs.flush()
+
+    def close(self) -> None:
+        self.steps.close()
+        self.epochs.close()
