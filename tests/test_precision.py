@@ -204,7 +204,8 @@ def test_float32_runs_are_untouched_by_the_policy():
         assert torch.equal(net(x), ref)
     hooked = [m for m in net.modules() if m._forward_pre_hooks]
     parts = precision.fp32_modules(net)
-    assert len(hooked) == sum(len(v) for v in parts.values())
+    assert len(hooked) == sum(len(v) for v in parts.values()) + len(precision.bf16_convs(net))
+    assert precision.bf16_convs(net) == ["ConvAttLIFs.1.conv.0", "ConvAttLIFs.2.conv.0"]
     assert parts["first layer"] == ["ConvAttLIFs.0.conv.0"] and parts["output layer"] == ["FCs.1.linear.0"]
     precision.remove_policy(net)
     assert not any(m._forward_pre_hooks for m in net.modules())
@@ -234,3 +235,13 @@ def test_the_cli_reports_the_precision_of_each_part_and_trains_under_amp(tmp_pat
     assert "ConvAttLIFs.1.conv.0" in groups["bfloat16"].split(", ")
     for part in ("ConvAttLIFs.0.conv.0", "FCs.1.linear.0", "ConvAttLIFs.0.attn", "ConvAttLIFs.2.spike.0"):
         assert part in groups["float32"].split(", ")
+
+
+def test_a_float32_region_returns_its_gradient_in_the_inputs_dtype_and_layout():
+    x = torch.randn(2, 3, 4, 5).to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
+    y = precision.ToFloat32.apply(x)
+    assert y.dtype == torch.float32 and y.is_contiguous() and torch.equal(y, x.detach().float())
+    g = torch.arange(y.numel(), dtype=torch.float32).reshape(y.shape)
+    y.backward(g)
+    assert x.grad.dtype == torch.bfloat16 and x.grad.stride() == x.stride()
+    assert torch.equal(x.grad.float(), g.to(torch.bfloat16).float())

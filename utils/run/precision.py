@@ -86,6 +86,13 @@ def autocast(device: torch.device, amp: bool, net: nn.Module | None = None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def bf16_convs(net: nn.Module) -> list[str]:
+    """The convolutions that run in bfloat16 under CPU autocast: all but the first and ASA's."""
+    named = list(net.named_modules())
+    convs = [n for n, m in named if isinstance(m, nn.Conv2d) and not _inside(n, named, ASA)]
+    return convs[1:]
+
+
 def fp32_modules(net: nn.Module) -> dict[str, list[str]]:
     """{part: module names} of the float32 regions the CPU policy gives ``net``."""
     named = list(net.named_modules())
@@ -100,8 +107,23 @@ def _inside(name: str, named, cls) -> bool:
     return any(isinstance(m, cls) and n and name.startswith(n + ".") for n, m in named)
 
 
+class ToFloat32(torch.autograd.Function):
+    """Entry of a float32 region: ``x`` as contiguous float32; the gradient goes back in ``x``'s
+    dtype and memory layout (a channels-last bfloat16 region keeps its fast backward paths)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.dtype, ctx.shape, ctx.strides = x.dtype, x.shape, x.stride()
+        return x.to(torch.float32, memory_format=torch.contiguous_format)
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = torch.empty_strided(ctx.shape, ctx.strides, dtype=ctx.dtype, device=grad.device)
+        return out.copy_(grad)
+
+
 def _to_fp32(module, args):
-    return tuple(a.float() if torch.is_tensor(a) and a.dtype in LOW else a for a in args)
+    return tuple(ToFloat32.apply(a) if torch.is_tensor(a) and a.dtype in LOW else a for a in args)
 
 
 def _enter_fp32(module, args):
@@ -112,6 +134,16 @@ def _enter_fp32(module, args):
     module._precision_region = torch.autocast(device_type="cpu", enabled=False)
     module._precision_region.__enter__()
     return _to_fp32(module, args)
+
+
+def _to_bf16_channels_last(module, args):
+    """Forward pre-hook of a bfloat16 convolution under CPU autocast: its input in bfloat16 and
+    channels-last in one copy, so that oneDNN, BatchNorm and pooling take their fast
+    channels-last paths (the same values; README "Mixed precision")."""
+    if not torch.is_autocast_enabled("cpu"):
+        return None
+    return tuple(a.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+                 if torch.is_tensor(a) and a.dim() == 4 else a for a in args)
 
 
 def _exit_fp32(module, args, output):
@@ -132,6 +164,10 @@ def apply_policy(net: nn.Module) -> dict[str, list[str]]:
             if getattr(m, _POLICY, None) is None:
                 setattr(m, _POLICY, (m.register_forward_pre_hook(_enter_fp32),
                                      m.register_forward_hook(_exit_fp32, always_call=True)))
+    for n in bf16_convs(net):
+        m = modules[n]
+        if getattr(m, _POLICY, None) is None:
+            setattr(m, _POLICY, (m.register_forward_pre_hook(_to_bf16_channels_last),))
     return parts
 
 
