@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-weight_decay", type=float, default=1e-4, help="Adam weight decay")
     t.add_argument("-seed", type=int, default=118, help="random seed")
     t.add_argument("-device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    _bool_flag(t, "-amp", False, "CUDA automatic mixed precision (off by default: it can change results)")
+    _bool_flag(t, "-amp", False, "mixed precision: float16 autocast + GradScaler on CUDA; bfloat16 autocast on "
+               "CPUs with native bfloat16 (avx512_bf16/AMX; elsewhere a note and float32), with the "
+               "first and output layers, ASA, the neurons and the loss in float32 (off by default: "
+               "it can change results)")
     _bool_flag(t, "-eval_only", False, "only evaluate -pretrained_path on the test set (writes eval.json)")
     t.add_argument("-resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue a run from its last.pth: '-resume RUN_DIR' (the run folder; "

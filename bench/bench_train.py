@@ -1,9 +1,11 @@
-"""Training-step benchmark on CPU: the CLI's step, fused vs eager backend, under each allocator.
+"""Training-step benchmark on CPU: the CLI's step, fused vs eager backend, under each allocator,
+float32 and ``-amp`` (bfloat16 autocast where the CPU has it).
 
     python3 bench/bench_train.py                    # arch A + ASA (T 60, 32x32) and arch B + ASA (T 20, 128x128)
     python3 bench/bench_train.py --only A --threads 1    # load-independent: CPU seconds per step
     python3 bench/bench_train.py --quick            # 1 warm-up + 2 timed steps, fewer configurations
     python3 bench/bench_train.py --allocators mimalloc,glibc   # only these allocators
+    python3 bench/bench_train.py --amp --threads 1  # float32 vs -amp vs the reference's way, CPU s/step
 
 The step is train_test.py's own (bench/common.py): the paper's flags for the gesture (A) and
 gesture_sj (B) rows resolved by config.py, the network from models.create_net with the
@@ -13,6 +15,9 @@ under plain autograd); "fused" is the CLI default. Allocators are loaded as the 
 (utils/run/allocator.py: LD_PRELOAD): mimalloc (the CLI default, pip cmeel-mimalloc), jemalloc and
 tcmalloc where installed, "glibc tuned" (the CLI's fallback: huge pages, 4 MiB mmap threshold)
 and "glibc" (plain, ``ASA_ALLOCATOR=off``). The reference's way is eager under plain glibc.
+"-amp" is train_test.py's ``-amp`` (utils/run/precision.py): bfloat16 autocast with the first
+layer, the output layer, ASA, the neurons and the loss in float32, on CPUs with native bfloat16;
+on other CPUs those configurations run float32 and say so.
 
 Every configuration runs in a fresh subprocess. Per configuration: median wall time of a step
 after warm-up, samples/s, CPU seconds per step (user + system, all threads; with --threads 1 a
@@ -39,21 +44,27 @@ sys.path.insert(0, ROOT)
 
 from utils.run import allocator  # noqa: E402
 
-# (name, arch, backend, allocator); "glibc" = plain glibc, "glibc tuned" = the CLI's fallback
+# (name, arch, backend, allocator, amp); "glibc" = plain glibc, "glibc tuned" = the CLI's fallback
 CONFIGS = [
-    ("A fused, mimalloc (CLI)", "A", "fused", "mimalloc"),
-    ("A fused, jemalloc", "A", "fused", "jemalloc"),
-    ("A fused, tcmalloc", "A", "fused", "tcmalloc"),
-    ("A fused, glibc tuned", "A", "fused", "glibc tuned"),
-    ("A fused, glibc", "A", "fused", "glibc"),
-    ("A eager, glibc (reference's way)", "A", "eager", "glibc"),
-    ("A eager, mimalloc", "A", "eager", "mimalloc"),
-    ("B fused, mimalloc (CLI)", "B", "fused", "mimalloc"),
-    ("B fused, glibc tuned", "B", "fused", "glibc tuned"),
-    ("B eager, mimalloc", "B", "eager", "mimalloc"),
+    ("A fused, mimalloc (CLI)", "A", "fused", "mimalloc", False),
+    ("A fused, mimalloc, -amp (CLI -amp)", "A", "fused", "mimalloc", True),
+    ("A fused, jemalloc", "A", "fused", "jemalloc", False),
+    ("A fused, tcmalloc", "A", "fused", "tcmalloc", False),
+    ("A fused, glibc tuned", "A", "fused", "glibc tuned", False),
+    ("A fused, glibc", "A", "fused", "glibc", False),
+    ("A eager, glibc (reference's way)", "A", "eager", "glibc", False),
+    ("A eager, mimalloc", "A", "eager", "mimalloc", False),
+    ("B fused, mimalloc (CLI)", "B", "fused", "mimalloc", False),
+    ("B fused, mimalloc, -amp (CLI -amp)", "B", "fused", "mimalloc", True),
+    ("B fused, glibc tuned", "B", "fused", "glibc tuned", False),
+    ("B eager, mimalloc", "B", "eager", "mimalloc", False),
 ]
 QUICK = {"A fused, mimalloc (CLI)", "A eager, glibc (reference's way)", "B fused, mimalloc (CLI)"}
+# --amp: float32 and -amp side by side, with the reference's way in the same run
+AMP = {"A fused, mimalloc (CLI)", "A fused, mimalloc, -amp (CLI -amp)", "A eager, glibc (reference's way)",
+       "B fused, mimalloc (CLI)", "B fused, mimalloc, -amp (CLI -amp)"}
 CLI = {"A": "A fused, mimalloc (CLI)", "B": "B fused, mimalloc (CLI)"}
+CLI_AMP = {"A": "A fused, mimalloc, -amp (CLI -amp)", "B": "B fused, mimalloc, -amp (CLI -amp)"}
 REFERENCE = {"A": "A eager, glibc (reference's way)", "B": "B eager, mimalloc"}
 
 
@@ -85,15 +96,17 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
-def worker(arch: str, backend: str, steps: int, warmup: int, threads: int | None) -> dict:
+def worker(arch: str, backend: str, steps: int, warmup: int, threads: int | None,
+           amp: bool = False) -> dict:
     """Runs in its own process: build, warm up, time ``steps``, read the peak RSS, count FLOPs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     sys.path.insert(0, HERE)
     from common import cli_step
+    from utils.run import precision
     if threads:
         torch.set_num_threads(threads)
-    step, _ = cli_step(arch, backend)
+    step, _ = cli_step(arch, backend, amp=amp)
     for _ in range(max(1, warmup)):
         step()
     mm = matmul_gflops()
@@ -114,15 +127,17 @@ def worker(arch: str, backend: str, steps: int, warmup: int, threads: int | None
     return {"step_s": med, "steps_s": times, "cpu_s": statistics.median(cpu), "samples_per_s": 8 / med,
             "flops": flops, "minflt": statistics.median(faults), "gflops": flops / med / 1e9,
             "matmul_gflops": mm, "threads": torch.get_num_threads(), "maxrss_gib": maxrss,
-            "allocator": allocator.loaded()}
+            "allocator": allocator.loaded(),
+            "precision": str(precision.amp_dtype(torch.device("cpu"), amp) or torch.float32).replace("torch.", "")}
 
 
-def run_config(arch, backend, alloc, steps, warmup, threads, timeout) -> dict:
+def run_config(arch, backend, alloc, steps, warmup, threads, timeout, amp=False) -> dict:
     env = allocator_env(alloc)
     if env is None:
         return {"error": f"skipped: {alloc} is not installed"}
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", arch, backend,
-           "--steps", str(steps), "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else [])
+           "--steps", str(steps), "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else []) \
+        + (["--amp"] if amp else [])
     load0 = os.getloadavg()[0]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
@@ -139,7 +154,7 @@ def run_config(arch, backend, alloc, steps, warmup, threads, timeout) -> dict:
 def fmt(name: str, r: dict) -> str:
     if "error" in r:
         return f"{name:34s} {r['error']}"
-    return (f"{name:34s} step {r['step_s']:6.2f} s  {r['samples_per_s']:5.2f} samples/s  "
+    return (f"{name:34s} {r.get('precision', 'float32'):8s} step {r['step_s']:6.2f} s  {r['samples_per_s']:5.2f} samples/s  "
             f"(CPU {r['cpu_s']:6.2f} s)  peak RSS {r['maxrss_gib']:5.2f} GiB  "
             f"faults {r['minflt'] * os.sysconf('SC_PAGE_SIZE') / 2 ** 30:4.1f} GiB/step  "
             f"{r['flops'] / 1e9:5.0f} GFLOP/step  {r['gflops']:5.1f} GFLOP/s (matmul "
@@ -152,6 +167,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="1 warm-up + 2 timed steps; only the CLI and the reference's way")
     p.add_argument("--only", choices=["A", "B"], help="benchmark one architecture")
+    p.add_argument("--amp", action="store_true",
+                   help="only float32 and -amp side by side (the CLI's allocator) and the reference's way")
     p.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 5, B 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -162,7 +179,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.worker:
         arch, backend = a.worker
-        print(json.dumps(worker(arch, backend, a.steps or (3 if arch == "B" else 5), a.warmup, a.threads)))
+        print(json.dumps(worker(arch, backend, a.steps or (3 if arch == "B" else 5), a.warmup, a.threads,
+                                a.amp)))
         return
 
     import torch
@@ -172,8 +190,9 @@ def main(argv=None):
           f"load average before: {os.getloadavg()[0]:.2f}")
     wanted = a.allocators.split(",") if a.allocators else None
     results = {}
-    for name, arch, backend, alloc in CONFIGS:
-        if (a.only and arch != a.only) or (wanted and alloc not in wanted) or (a.quick and name not in QUICK):
+    for name, arch, backend, alloc, amp in CONFIGS:
+        if (a.only and arch != a.only) or (wanted and alloc not in wanted) or (a.quick and name not in QUICK) \
+                or (a.amp and name not in AMP):
             continue
         if arch == "B" and backend == "eager" and mem_gib < 48:
             print(f"{name:34s} skipped: the eager backend needs ~35-40 GiB at 128x128 (this machine has "
@@ -181,7 +200,7 @@ def main(argv=None):
             continue
         steps = a.steps or (2 if a.quick else 3 if arch == "B" else 5)
         results[name] = r = run_config(arch, backend, alloc, steps, 1 if a.quick else a.warmup,
-                                       a.threads, a.timeout)
+                                       a.threads, a.timeout, amp)
         print(fmt(name, r), flush=True)
     for arch in "AB":
         cli, ref = results.get(CLI[arch]), results.get(REFERENCE[arch])
@@ -189,6 +208,13 @@ def main(argv=None):
             print(f"arch {arch}: the CLI's step vs {REFERENCE[arch]}: {ref['step_s'] / cli['step_s']:.2f}x the "
                   f"step rate (CPU time {ref['cpu_s'] / cli['cpu_s']:.2f}x); peak RSS {cli['maxrss_gib']:.2f} vs "
                   f"{ref['maxrss_gib']:.2f} GiB")
+        fast = results.get(CLI_AMP[arch])
+        if cli and fast and "error" not in cli and "error" not in fast:
+            vs_ref = (f"; vs {REFERENCE[arch]}: {ref['step_s'] / fast['step_s']:.2f}x the step rate (CPU time "
+                      f"{ref['cpu_s'] / fast['cpu_s']:.2f}x)") if ref and "error" not in ref else ""
+            print(f"arch {arch}: -amp ({fast['precision']}) vs float32: {cli['step_s'] / fast['step_s']:.2f}x the "
+                  f"step rate (CPU time {cli['cpu_s'] / fast['cpu_s']:.2f}x); peak RSS {fast['maxrss_gib']:.2f} "
+                  f"vs {cli['maxrss_gib']:.2f} GiB{vs_ref}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

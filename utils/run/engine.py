@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.run.allocator import release_free_memory
+from utils.run import precision
 from utils.run.metrics import SpikeMonitor, clip_vote
 
 
@@ -41,8 +42,10 @@ def set_lr(optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, enabled=enabled and device.type == "cuda")
+def autocast(device: torch.device, enabled: bool, net=None):
+    """``-amp``'s autocast region (utils/run/precision.py: float16 on CUDA, bfloat16 on CPUs that
+    have it, with ``net``'s float32 regions; float32 otherwise)."""
+    return precision.autocast(device, enabled, net)
 
 
 def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler=None,
@@ -51,9 +54,9 @@ def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler
     both detached. ``weight`` scales the loss that is backpropagated (several processes, see
     :func:`train_one_epoch`); ``all_finite(bool) -> bool`` agrees on finiteness over processes.
     Raises NonFiniteLoss before the update when the loss is not finite."""
-    with autocast(x.device, amp):
+    with autocast(x.device, amp, net):
         logits = net(x)
-        loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())
+    loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())     # float32 under -amp
     finite = bool(torch.isfinite(loss))
     if all_finite is not None:
         finite = all_finite(finite)
@@ -124,8 +127,9 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
             x = x.to(device, non_blocking=True).float()
             y = y.to(device, non_blocking=True)
             clip = x.shape[1]
-            with autocast(device, amp):
-                logits = net(x.flatten(0, 1)).float()
+            with autocast(device, amp, net):
+                logits = net(x.flatten(0, 1))
+            logits = logits.float()
             target = F.one_hot(y, num_classes).float().repeat_interleave(clip, dim=0)
             loss_sum += F.mse_loss(logits, target, reduction="sum").double() / num_classes / clip
             correct += clip_vote(logits, y, clip).sum()

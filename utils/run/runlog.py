@@ -125,8 +125,10 @@ def open_run_folder(args, d) -> str:
 
 def start_report(args, d, device, net, n_train: int, n_test: int, notes: list[str]) -> None:
     """What the run is about to do, printed once (rank 0): data, device, allocator, batches,
-    determinism notes and the network's summary."""
-    from utils.run import allocator
+    the precision of each part (-amp: planned, and observed on one sample), determinism notes and
+    the network's summary."""
+    import torch
+    from utils.run import allocator, precision
     from utils.run.loaders import batch_plan_text
     say = d.say
     say(f"device {device}; dataset {args.dataset}: {n_train} train / {n_test} test "
@@ -136,6 +138,11 @@ def start_report(args, d, device, net, n_train: int, n_test: int, notes: list[st
     if device.type == "cpu":
         say(f"CPU allocator: {allocator.describe()}")
     say(batch_plan_text(args, d.world_size))
+    for line in precision.describe(net, device, args.amp):
+        say(line)
+    if precision.amp_dtype(device, args.amp) == torch.bfloat16 and d.is_main:
+        say(precision.observed_line(net, torch.zeros(1, args.T, 2, *args.frame_size, device=device),
+                                    device, args.amp))
     for note in notes:
         say(f"deterministic: {note}")
     if d.world_size > 1 and args.attention == "ASA" and args.asa_mask == "reference" and not args.eval_only:
