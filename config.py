@@ -296,7 +296,7 @@ def validate(args, info):
                  "synthetic_train", "synthetic_test"):
         if getattr(args, name) < 1:
             bad(f"-{name} must be at least 1, got {getattr(args, name)}")
-    for name, positive in (("dt", True), ("lr", True), ("weight_decay", False), ("lam", True)):
+    for name, positive in (("dt", True), ("lr", False), ("weight_decay", False), ("lam", True)):
         v = float(getattr(args, name))
         if not math.isfinite(v):
             bad(f"-{name} must be a finite number, got {getattr(args, name)}")
