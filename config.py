@@ -277,6 +277,7 @@ def unstarted_run_config(run_dir: str) -> dict:
 
 
 SEED_MAX = 2**32 - 1        # numpy's and torch's seeds are unsigned 32-bit
+LR_MAX = 3.4e37             # Adam's first step, lr / (1 - beta1), must fit a float32
 
 
 def validate(args, info):
@@ -295,6 +296,9 @@ def validate(args, info):
             bad(f"-{name} must be a finite number, got {getattr(args, name)}")
         if v < 0 or (positive and v == 0):
             bad(f"-{name} must be {'positive' if positive else '0 or more'}, got {getattr(args, name)}")
+    if float(args.lr) > LR_MAX:
+        bad(f"-lr {args.lr} is too large: Adam's first step lr / (1 - 0.9) must be a float32 number "
+            f"(-lr at most {LR_MAX:.1e})")
     if round(float(args.dt) * 1000) < 1:
         bad(f"-dt {args.dt} ms is shorter than the 1 us resolution of event times (frames would be "
             f"empty); use at least 0.001")

@@ -93,6 +93,8 @@ def run(args) -> int:
               f"metrics in {os.path.join(run_dir, 'metrics.csv')}")
         return 0
     finally:
+        if getattr(args, "run_dir", None):
+            runlog.release_run_folder(args.run_dir)   # the process's end would release it too
         d.close()
 
 
