@@ -19,6 +19,7 @@ from datasets.options import add_dataset_arguments
 from models import ARCHITECTURES, DESCRIPTIONS
 from models.fused import BACKENDS
 from utils.errors import UserError
+from utils.files import check_regular_file
 
 
 def str2bool(v) -> bool:
@@ -326,8 +327,10 @@ def validate(args, info):
             bad(f"-data_path {args.data_path}: no such folder")
     if args.eval_only and not args.pretrained_path:
         bad("-eval_only needs -pretrained_path FILE (the checkpoint to evaluate)")
-    if args.pretrained_path and not os.path.isfile(args.pretrained_path):
+    if args.pretrained_path and not os.path.exists(args.pretrained_path):
         bad(f"-pretrained_path {args.pretrained_path}: no such file")
+    if args.pretrained_path:
+        check_regular_file(args.pretrained_path, "a checkpoint file", "-pretrained_path")
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
         bad(f"-device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
 

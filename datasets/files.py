@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import zipfile
 import zlib
 
 import numpy as np
 
 from utils.errors import UserError
-from utils.files import inside_folder, probe_writable
+from utils.files import check_regular_file, inside_folder, probe_writable
 
 from .framing import Events, frame_shape, make_events
 
@@ -151,19 +150,6 @@ def events_from_columns(t, x, y, p, path: str) -> Events:
 
 PICKLE_HINT = ("data files are read without pickles, so that no file can run code; convert it once "
                "with 'python3 -m datasets.prepare' (docs/datasets.md), which writes plain arrays")
-
-
-def check_regular_file(path: str) -> None:
-    """UserError unless ``path`` is a regular file (a FIFO or a device named like a sample would
-    block or stream forever)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
-            "a device or socket"
-        raise UserError(f"{path}: is {kind}, not a regular file (expected a sample file)")
 
 
 def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT) -> dict:

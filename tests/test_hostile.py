@@ -333,18 +333,26 @@ def copy_run(src, dst):
     return dst
 
 
-@pytest.mark.parametrize("kind", ["truncated", "payload"])
+@pytest.mark.parametrize("kind", ["truncated", "payload", "fifo"])
 def test_energy_on_a_bad_checkpoint(kind, finished_run, tmp_path, capsys):
     from utils.analysis.energy import main
     path, marker = tmp_path / "c.pth", tmp_path / "pwned"
     if kind == "truncated":
         path.write_bytes((finished_run / "best.pth").read_bytes()[:5000])
+    elif kind == "fifo":
+        os.mkfifo(path)
     else:
         torch.save({"model": Payload(marker)}, path)
     g = Guard(tmp_path)
     capsys.readouterr()
     one_error(main([str(path)]), capsys.readouterr().err, str(path))
     g.check(marker)
+
+
+def test_a_fifo_as_pretrained_path(tmp_path, capsys):
+    os.mkfifo(tmp_path / "w.pth")
+    one_error(*cli(SMALL + ["-eval_only", "-pretrained_path", tmp_path / "w.pth", "-modelPath", tmp_path / "runs"],
+                   capsys), f"-pretrained_path {tmp_path / 'w.pth'}: is a FIFO")
 
 
 def test_a_run_folder_in_use_is_refused_and_a_killed_holder_does_not_block(finished_run, tmp_path, capsys):
