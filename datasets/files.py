@@ -186,6 +186,10 @@ def load_npy(path: str, hint: str = PICKLE_HINT) -> np.ndarray:
     check_regular_file(path)
     if os.path.getsize(path) == 0:
         raise UserError(f"{path}: empty file (0 bytes; an interrupted write?), expected an .npy array")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise UserError(f"{path}: not an .npy file (it does not start with the NumPy header)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:

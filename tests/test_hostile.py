@@ -225,6 +225,28 @@ def test_an_error_on_another_torchrun_rank_is_printed_by_that_rank(tmp_path):
     assert "error: rank 1: " in r.stderr
 
 
+@pytest.mark.parametrize("kind", ["random bytes", "pickled payload", "strings"])
+def test_bad_npy_arrays(kind, tmp_path):
+    """The .npy reader (recognition's layout): plain numbers only."""
+    from datasets.files import load_npy
+    from datasets.recognition import read_npy
+    from utils.errors import UserError
+    path, marker = tmp_path / "a.npy", tmp_path / "pwned"
+    if kind == "random bytes":
+        path.write_bytes(np.random.default_rng(2).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    elif kind == "pickled payload":
+        np.save(path, np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    else:
+        np.save(path, np.array([["a"] * 5] * 4))
+    want = {"random bytes": "not an .npy file", "pickled payload": "refused: it holds pickled",
+            "strings": "t has dtype <U1"}[kind]
+    with pytest.raises(UserError, match=want):
+        read_npy(str(path))
+    assert not marker.exists()
+    np.save(path, np.arange(4))
+    assert load_npy(str(path)).tolist() == [0, 1, 2, 3]        # a plain array reads as it is
+
+
 # ---- DVS128 Gesture hdf5 ------------------------------------------------------------------
 
 def gesture_file(path, times=None, addrs=None, labels=None, times_group=False):
