@@ -371,6 +371,16 @@ def test_energy_on_a_bad_checkpoint(kind, finished_run, tmp_path, capsys):
     g.check(marker)
 
 
+def test_energy_with_a_non_utf8_metrics_csv(finished_run, tmp_path, capsys):
+    from utils.analysis.energy import main
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "metrics.csv").write_bytes(b"epoch,test_acc\n\xff\xfe 1,2\n")
+    g = Guard(tmp_path)
+    capsys.readouterr()
+    one_error(main([str(run / "best.pth")]), capsys.readouterr().err, f"{run / 'metrics.csv'}: not a readable")
+    g.check()
+
+
 def test_a_fifo_as_pretrained_path(tmp_path, capsys):
     os.mkfifo(tmp_path / "w.pth")
     one_error(*cli(SMALL + ["-eval_only", "-pretrained_path", tmp_path / "w.pth", "-modelPath", tmp_path / "runs"],
