@@ -254,17 +254,16 @@ def resume_config(args, explicit, parser):
 
 
 def unstarted_run_config(run_dir: str) -> dict:
-    """The config.json of a run folder without last.pth (stopped before its first epoch ended):
-    -resume starts that run again from epoch 0 in the same folder, with its own settings."""
+    """The config.json of a run folder without last.pth (stopped before its first checkpoint):
+    -resume starts that run again from epoch 0 in the same folder, with its own settings; a
+    metrics.csv row or best.pth of that first epoch is recomputed and replaced, as a resumed run
+    replaces whatever is newer than its checkpoint."""
     import json
     cfg_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(cfg_path):
         raise UserError(f"-resume {run_dir}: no checkpoint (last.pth) and no config.json in it: not a "
                         f"run folder of this project, or one that stopped before it was set up; "
                         f"remove it and start the run again")
-    if os.path.exists(os.path.join(run_dir, "best.pth")):
-        raise UserError(f"-resume {run_dir}: best.pth but no checkpoint (last.pth) in it; continue from "
-                        f"the weights with -pretrained_path {os.path.join(run_dir, 'best.pth')} -name NEW")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             cfg = json.load(f)
@@ -291,7 +290,7 @@ def validate(args, info):
                  "synthetic_train", "synthetic_test"):
         if getattr(args, name) < 1:
             bad(f"-{name} must be at least 1, got {getattr(args, name)}")
-    for name, positive in (("dt", True), ("lr", True), ("weight_decay", False), ("lam", True)):
+    for name, positive in (("dt", True), ("lr", False), ("weight_decay", False), ("lam", True)):
         v = float(getattr(args, name))
         if not math.isfinite(v):
             bad(f"-{name} must be a finite number, got {getattr(args, name)}")

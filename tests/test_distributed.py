@@ -154,7 +154,7 @@ def test_torchrun_two_processes_log_the_single_process_metrics(tmp_path):
     assert "global train batch 7 = 2 process(es) x 3-4 per process" in out
     assert "backend gloo" in out
     assert sorted(os.listdir(runs)) == ["ddp"]                        # one run folder, made by rank 0
-    assert sorted(os.listdir(runs / "ddp")) == ["best.pth", "config.json", "last.pth", "metrics.csv"]
+    assert sorted(os.listdir(runs / "ddp")) == [".lock", "best.pth", "config.json", "last.pth", "metrics.csv"]
     rows = list(csv.DictReader(open(runs / "ddp" / "metrics.csv")))
     assert len(rows) == 1
     row = rows[0]
