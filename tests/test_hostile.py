@@ -340,6 +340,23 @@ def test_prepare_out_that_cannot_be_a_folder(tmp_path, capsys):
     g.check()
 
 
+def test_prepare_on_a_full_out(tmp_path):
+    """A file size limit stands in for a full disk: the writability probe fails first, one line."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "trials_to_train.txt").write_text("u.aedat\n")
+    g = Guard(tmp_path, [tmp_path / "out"])
+    r = subprocess.run([sys.executable, "-m", "datasets.prepare", "gesture", "--raw", str(tmp_path / "raw"),
+                        "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, preexec_fn=limit)
+    one_error(r.returncode, r.stderr, "--out: cannot write in")
+    assert os.listdir(tmp_path / "out") == []                  # the probe file is gone too
+    g.check()
+
+
 # ---- checkpoints and run folders ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
