@@ -19,6 +19,7 @@ from datasets.options import add_dataset_arguments
 from models import ARCHITECTURES, DESCRIPTIONS
 from models.fused import BACKENDS
 from utils.errors import UserError
+from utils.files import check_regular_file
 
 
 def str2bool(v) -> bool:
@@ -260,17 +261,16 @@ def resume_config(args, explicit, parser):
 
 
 def unstarted_run_config(run_dir: str) -> dict:
-    """The config.json of a run folder without last.pth (stopped before its first epoch ended):
-    -resume starts that run again from epoch 0 in the same folder, with its own settings."""
+    """The config.json of a run folder without last.pth (stopped before its first checkpoint):
+    -resume starts that run again from epoch 0 in the same folder, with its own settings; a
+    metrics.csv row or best.pth of that first epoch is recomputed and replaced, as a resumed run
+    replaces whatever is newer than its checkpoint."""
     import json
     cfg_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(cfg_path):
         raise UserError(f"-resume {run_dir}: no checkpoint (last.pth) and no config.json in it: not a "
                         f"run folder of this project, or one that stopped before it was set up; "
                         f"remove it and start the run again")
-    if os.path.exists(os.path.join(run_dir, "best.pth")):
-        raise UserError(f"-resume {run_dir}: best.pth but no checkpoint (last.pth) in it; continue from "
-                        f"the weights with -pretrained_path {os.path.join(run_dir, 'best.pth')} -name NEW")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             cfg = json.load(f)
@@ -284,6 +284,7 @@ def unstarted_run_config(run_dir: str) -> dict:
 
 
 SEED_MAX = 2**32 - 1        # numpy's and torch's seeds are unsigned 32-bit
+LR_MAX = 3.4e37             # Adam's first step, lr / (1 - beta1), must fit a float32
 
 
 def validate(args, info):
@@ -302,6 +303,9 @@ def validate(args, info):
             bad(f"-{name} must be a finite number, got {getattr(args, name)}")
         if v < 0 or (positive and v == 0):
             bad(f"-{name} must be {'positive' if positive else '0 or more'}, got {getattr(args, name)}")
+    if float(args.lr) > LR_MAX:
+        bad(f"-lr {args.lr} is too large: Adam's first step lr / (1 - 0.9) must be a float32 number "
+            f"(-lr at most {LR_MAX:.1e})")
     if round(float(args.dt) * 1000) < 1:
         bad(f"-dt {args.dt} ms is shorter than the 1 us resolution of event times (frames would be "
             f"empty); use at least 0.001")
@@ -329,8 +333,10 @@ def validate(args, info):
             bad(f"-data_path {args.data_path}: no such folder")
     if args.eval_only and not args.pretrained_path:
         bad("-eval_only needs -pretrained_path FILE (the checkpoint to evaluate)")
-    if args.pretrained_path and not os.path.isfile(args.pretrained_path):
+    if args.pretrained_path and not os.path.exists(args.pretrained_path):
         bad(f"-pretrained_path {args.pretrained_path}: no such file")
+    if args.pretrained_path:
+        check_regular_file(args.pretrained_path, "a checkpoint file", "-pretrained_path")
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
         bad(f"-device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
 

@@ -56,7 +56,11 @@ def build(args, device: torch.device, world_size: int = 1):
     if args.frame_size is None:
         args.frame_size = tuple(int(s) for s in test_set[0][0].shape[-2:])
     check_memory(args, device, world_size)
-    net = create_net(args)
+    try:
+        net = create_net(args)
+    except ValueError as e:             # settings the architecture cannot take, e.g. frames too small
+        raise UserError(f"-arch {args.arch} cannot be built for this run: {e} (frames follow -dataset "
+                        f"and -ds)") from None
     if args.pretrained_path:
         load_weights(net, args.pretrained_path, args)
     return train_set, test_set, net.to(device)
@@ -93,6 +97,8 @@ def run(args) -> int:
               f"metrics in {os.path.join(run_dir, 'metrics.csv')}")
         return 0
     finally:
+        if getattr(args, "run_dir", None):
+            runlog.release_run_folder(args.run_dir)   # the process's end would release it too
         d.close()
 
 

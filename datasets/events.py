@@ -33,10 +33,12 @@ def sensor_size_from(args, root: str, files: list[str]) -> tuple[int, int]:
     info = os.path.join(root, "info.json")
     if os.path.isfile(info):
         try:
-            with open(info) as f:
+            with open(info, encoding="utf-8") as f:
                 X, Y = json.load(f)["sensor_size"]
+            if isinstance(X, bool) or isinstance(Y, bool) or int(X) != X or int(Y) != Y or min(X, Y) < 1:
+                raise ValueError(f"got {[X, Y]}, two positive integers expected")
             return int(X), int(Y)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OverflowError) as e:
             raise UserError(f"{info}: expected {{\"sensor_size\": [X, Y]}} ({e})") from None
     print(f"events: scanning {len(files)} files of {root} for the sensor size "
           f"(pass -sensor_size X Y or write info.json to skip this)")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import zipfile
 import zlib
 
 import numpy as np
 
 from utils.errors import UserError
-from utils.files import inside_folder, probe_writable
+from utils.files import check_regular_file, inside_folder, probe_writable
 
 from .framing import Events, frame_shape, make_events
 
@@ -153,19 +152,6 @@ PICKLE_HINT = ("data files are read without pickles, so that no file can run cod
                "with 'python3 -m datasets.prepare' (docs/datasets.md), which writes plain arrays")
 
 
-def check_regular_file(path: str) -> None:
-    """UserError unless ``path`` is a regular file (a FIFO or a device named like a sample would
-    block or stream forever)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
-            "a device or socket"
-        raise UserError(f"{path}: is {kind}, not a regular file (expected a sample file)")
-
-
 def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT) -> dict:
     """{name: array} of an .npz file, read without pickles. Every failure is one UserError naming
     the file: not a regular file, empty (an interrupted write), not an npz, truncated, missing
@@ -200,6 +186,10 @@ def load_npy(path: str, hint: str = PICKLE_HINT) -> np.ndarray:
     check_regular_file(path)
     if os.path.getsize(path) == 0:
         raise UserError(f"{path}: empty file (0 bytes; an interrupted write?), expected an .npy array")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise UserError(f"{path}: not an .npy file (it does not start with the NumPy header)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:

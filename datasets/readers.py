@@ -18,6 +18,7 @@ import numpy as np
 
 from utils.errors import UserError
 
+from .files import check_regular_file
 from .framing import Events, make_events
 
 # ---------------------------------------------------------------------------------------------
@@ -31,6 +32,7 @@ POLARITY_EVENT = 1
 
 
 def _read_bytes(path: str) -> bytes:
+    check_regular_file(path)
     try:
         with open(path, "rb") as f:
             return f.read()

@@ -21,7 +21,7 @@ import numpy as np
 
 from utils.errors import UserError
 
-from .files import (check_bounds, class_folders, events_from_columns, find_dir, npy_bytes,
+from .files import (check_bounds, class_folders, events_from_columns, find_dir, load_npy, npy_bytes,
                     out_folder, split_dirs)
 from .frame_dataset import train_test_sets
 from .framing import Events
@@ -43,10 +43,7 @@ def class_index(name: str) -> int | None:
 
 
 def read_npy(path: str) -> Events:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable .npy array ({e})") from None
+    a = load_npy(path)
     if a.ndim == 2 and a.shape[0] == 4:
         pass
     elif a.ndim == 2 and a.shape[1] == 4:

@@ -17,8 +17,6 @@ from typing import Any, Callable, Dict
 
 from torch import nn
 
-from utils.errors import UserError
-
 Builder = Callable[[Any], nn.Module]
 ARCHITECTURES: Dict[str, Builder] = {}
 DESCRIPTIONS: Dict[str, str] = {}
@@ -41,8 +39,4 @@ def create_net(args: Any) -> nn.Module:
         builder = ARCHITECTURES[args.arch]
     except KeyError:
         raise ValueError(f"unknown arch {args.arch!r}; registered: {sorted(ARCHITECTURES)}") from None
-    try:
-        return builder(args)
-    except ValueError as e:                  # a size the architecture cannot take (frames too small)
-        raise UserError(f"-arch {args.arch}: {e} (frames follow -dataset and -ds: lower -ds or "
-                        f"choose another -arch)") from None
+    return builder(args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 
 from utils.errors import UserError
@@ -79,6 +80,20 @@ def check_free_space(folder: str, need: int) -> None:
     if free < need:
         raise UserError(f"not enough free disk space for checkpoints in {folder}: about "
                         f"{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free")
+
+
+def check_regular_file(path: str, what: str = "a sample file", flag: str = "") -> None:
+    """UserError unless ``path`` is a regular file: a FIFO or a device named like a data file or a
+    checkpoint would block or stream forever."""
+    name = f"{flag} {path}" if flag else path
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserError(f"{name}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
+            "a device or socket"
+        raise UserError(f"{name}: is {kind}, not a regular file (expected {what})")
 
 
 def inside_folder(parent: str, path: str, flag: str) -> None:

@@ -48,6 +48,7 @@ from torch import nn
 
 from utils.analysis.runs import net_from_checkpoint, rates_from_metrics
 from utils.errors import UserError
+from utils.files import atomic_write
 
 E_MAC = 4.6e-12          # J per multiply-accumulate (32-bit float, 45 nm)
 E_AC = 0.9e-12           # J per accumulate
@@ -234,8 +235,11 @@ def main(argv=None) -> int:
           f"rates from {rep['rates_from']}")
     print(format_report(rep))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rep, f, indent=2)
+        try:
+            atomic_write(a.json, json.dumps(rep, indent=2))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

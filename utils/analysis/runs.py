@@ -43,8 +43,16 @@ def read_metrics(folder: str) -> list[dict]:
     path = os.path.join(folder, "metrics.csv")
     if not os.path.isfile(path):
         return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "")]
+    return [r for r in csv_rows(path) if r.get("epoch") not in (None, "")]
+
+
+def csv_rows(path: str) -> list[dict]:
+    """The rows of a metrics.csv as dicts; UserError naming the file if it is not readable text."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable metrics.csv ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def read_config(folder: str) -> dict:
@@ -52,7 +60,7 @@ def read_config(folder: str) -> dict:
     if not os.path.isfile(path):
         return {}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}
@@ -70,18 +78,20 @@ def best_row(rows: list[dict]) -> dict:
 def rates_from_metrics(path: str, epoch: int | None = None) -> tuple[dict, int]:
     """({layer: rate}, epoch) from metrics.csv: the row of ``epoch``, or of the best epoch
     (highest test_acc, ties: the later epoch) when ``epoch`` is None."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(path)
     if not rows:
-        raise ValueError(f"{path}: no epochs logged")
-    if epoch is None:
-        row = best_row(rows)
-    else:
-        hits = [r for r in rows if int(r["epoch"]) == int(epoch)]
-        if not hits:
-            raise ValueError(f"{path}: no row for epoch {epoch}")
-        row = hits[-1]
-    return layer_rates(row), int(row["epoch"])
+        raise UserError(f"{path}: no epochs logged")
+    try:
+        if epoch is None:
+            row = best_row(rows)
+        else:
+            hits = [r for r in rows if int(r["epoch"]) == int(epoch)]
+            if not hits:
+                raise UserError(f"{path}: no row for epoch {epoch}")
+            row = hits[-1]
+        return layer_rates(row), int(row["epoch"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: a row that is not numbers ({e})") from None
 
 
 def layer_rates(row: dict) -> dict:

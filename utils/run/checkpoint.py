@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import random
 import re
@@ -28,7 +29,7 @@ import torch
 
 from models import load_pretrained
 from utils.errors import UserError
-from utils.files import atomic_write
+from utils.files import atomic_write, check_regular_file
 
 FORMAT = "asa-snn-checkpoint/2"
 
@@ -98,6 +99,8 @@ def make_checkpoint(net, optimizer, epoch: int, best_acc: float, best_epoch: int
 
 def load_checkpoint(path: str, flag: str = "checkpoint") -> object:
     """``torch.load(path, weights_only=True)`` on CPU with one-line UserErrors for every failure."""
+    if os.path.exists(path):
+        check_regular_file(path, "a checkpoint file", flag)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

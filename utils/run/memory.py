@@ -78,8 +78,11 @@ def check_memory(args, device, world_size: int = 1) -> None:
     if have is None or need <= have:
         return
     X, Y = args.frame_size
+    sensor = ("; the sensor size was read from the data's largest x and y: check them or pass "
+              "-sensor_size X Y" if args.dataset == "events" and not getattr(args, "sensor_size_flag", None)
+              else "")
     raise UserError(f"this run needs at least {gib(need)} of {'GPU ' if device.type == 'cuda' else ''}"
                     f"memory (-arch {args.arch}, -T {args.T}, frames 2x{X}x{Y}, -batch_size_train "
                     f"{args.batch_size_train}, -batch_size_test {args.batch_size_test} x -clip {args.clip}) "
                     f"but {gib(have)} are available; lower -T or the batch sizes, raise -ds, or pass "
-                    f"-skip_memory_check to start anyway")
+                    f"-skip_memory_check to start anyway{sensor}")
