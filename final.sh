@@ -111,7 +111,8 @@ while IFS='|' read -r kind row att name ddir flags resume; do
     set -- -attention "$att" -name "$name" -modelPath "$RUNS_DIR"
     [ -n "$ddir" ] && set -- "$@" -data_path "$ddir"
     [ "$resume" = resume ] && set -- "$@" -resume "$RUNS_DIR/$name"
-    echo "== $row, attention $att${resume:+ (continuing)}: $RUNS_DIR/$name  (log: $log)"
+    seed=$(echo " $flags " | sed -n 's/.* -seed \([0-9]*\) .*/\1/p')
+    echo "== $row${SEEDS:+, seed $seed}, attention $att${resume:+ (continuing)}: $RUNS_DIR/$name  (log: $log)"
     t0=$(date +%s)
     # shellcheck disable=SC2086  # $flags and $EXTRA_FLAGS are flag lists: word splitting intended
     { PYTHONUNBUFFERED=1 $PYTHON train_test.py $flags "$@" $EXTRA_FLAGS </dev/null 2>"$err"
