@@ -5,8 +5,9 @@ The estimate is a lower bound computed from the flags alone (no allocation): one
 conv layer output kept for the backward pass of a training step, plus the input frames, for the
 batch (-batch_size_train samples x -T steps); the input and the largest conv output for a test
 forward pass (-batch_size_test x -clip windows); plus ASA's temporal fc weights, which grow as T^2 (weights, gradients and Adam's two
-moments). A real step holds more (the fused backend about 1.3x this figure for arch A, the eager one
-several times more), so a refusal is certain to be right. ``-skip_memory_check`` starts anyway.
+moments). A real step holds more: for the gesture preset (arch A, T 60, batch 32, 32x32 frames)
+this gives 1.66 GiB, where bench/README.md measures a training step's peak RSS of 2.1-2.8 GiB (fused
+backend; the eager one and arch B need several times more), so a refusal is safe to trust. ``-skip_memory_check`` starts anyway.
 """
 from __future__ import annotations
 
