@@ -154,7 +154,11 @@ def test_torchrun_two_processes_log_the_single_process_metrics(tmp_path):
     assert "global train batch 7 = 2 process(es) x 3-4 per process" in out
     assert "backend gloo" in out
     assert sorted(os.listdir(runs)) == ["ddp"]                        # one run folder, made by rank 0
-    assert sorted(os.listdir(runs / "ddp")) == ["best.pth", "config.json", "last.pth", "metrics.csv"]
+    files = sorted(os.listdir(runs / "ddp"))
+    events = [f for f in files if f.startswith("events.out.tfevents.")]
+    assert len(events) == 1                                           # TensorBoard: rank 0 alone writes
+    assert sorted(set(files) - set(events)) == ["best.pth", "config.json", "last.pth", "metrics.csv", "steps"]
+    assert len(os.listdir(runs / "ddp" / "steps")) == 1
     rows = list(csv.DictReader(open(runs / "ddp" / "metrics.csv")))
     assert len(rows) == 1
     row = rows[0]
