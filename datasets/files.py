@@ -152,17 +152,28 @@ PICKLE_HINT = ("data files are read without pickles, so that no file can run cod
                "with 'python3 -m datasets.prepare' (docs/datasets.md), which writes plain arrays")
 
 
+def check_header(path: str, magic: bytes, kind: str, how: str) -> None:
+    """UserError unless ``path`` is a regular, non-empty file starting with ``magic``."""
+    check_regular_file(path)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty file (0 bytes; an interrupted write?), expected {kind}")
+    with open(path, "rb") as f:
+        if f.read(len(magic)) != magic:
+            raise UserError(f"{path}: not {kind} (it does not start {how})")
+
+
+def refuse_pickled(path: str, e: ValueError, hint: str) -> None:
+    """UserError (with ``hint``, the way out) when NumPy refused ``path`` for holding pickles."""
+    if "allow_pickle" in str(e) or "Object arrays" in str(e):
+        raise UserError(f"{path}: refused: it holds pickled Python objects (nothing in it was run); "
+                        f"{hint}") from None
+
+
 def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT) -> dict:
     """{name: array} of an .npz file, read without pickles. Every failure is one UserError naming
     the file: not a regular file, empty (an interrupted write), not an npz, truncated, missing
     ``keys``, or an object array (refused with ``hint``, the way out)."""
-    check_regular_file(path)
-    if os.path.getsize(path) == 0:
-        raise UserError(f"{path}: empty file (0 bytes; an interrupted write?), expected an npz")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04":
-        raise UserError(f"{path}: not an npz file (it does not start as a zip archive)")
+    check_header(path, b"PK\x03\x04", "an npz file", "as a zip archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in (keys or ()) if k not in z.files]
@@ -172,9 +183,7 @@ def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT
     except UserError:
         raise
     except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise UserError(f"{path}: refused: it holds pickled Python objects (nothing in it was run); "
-                            f"{hint}") from None
+        refuse_pickled(path, e, hint)
         raise UserError(f"{path}: not a readable npz file ({str(e).splitlines()[0][:160]})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
         raise UserError(f"{path}: not a readable npz file ({type(e).__name__}: {str(e)[:160]}; "
@@ -183,19 +192,11 @@ def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT
 
 def load_npy(path: str, hint: str = PICKLE_HINT) -> np.ndarray:
     """An .npy array read without pickles, with the checks of :func:`load_npz`."""
-    check_regular_file(path)
-    if os.path.getsize(path) == 0:
-        raise UserError(f"{path}: empty file (0 bytes; an interrupted write?), expected an .npy array")
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY":
-        raise UserError(f"{path}: not an .npy file (it does not start with the NumPy header)")
+    check_header(path, b"\x93NUMPY", "an .npy file", "with the NumPy header")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise UserError(f"{path}: refused: it holds pickled Python objects (nothing in it was run); "
-                            f"{hint}") from None
+        refuse_pickled(path, e, hint)
         raise UserError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:160]})") from None
     except (OSError, EOFError) as e:
         raise UserError(f"{path}: not a readable .npy array ({type(e).__name__}: {str(e)[:160]})") from None
