@@ -101,9 +101,9 @@ ROWS = (
         "python3 -m datasets.prepare recognition --raw PAF/ --out $DATA_ROOT/recognition"),
     # `sh final.sh demo`: the same pipeline, sized for about 10 minutes on 2 CPU cores.
     # Three seeds by default (final.sh), each smaller than the former single-seed demo (400 / 100
-    # recordings, 12 epochs), so that the six runs take about 10 minutes on 2 cores.
+    # recordings, 12 epochs), so that the six runs take about 8 minutes on a quiet 2-core CPU.
     Row("demo_synthetic", "synthetic DVS gestures (demo)", "synthetic", "", "built in",
-        overrides=(("synthetic_train", 160), ("synthetic_test", 60), ("num_epochs", 8), ("arch", "A"),
+        overrides=(("synthetic_train", 320), ("synthetic_test", 100), ("num_epochs", 10), ("arch", "A"),
                    ("weight_decay", 1e-4)), demo=True),
     Row("demo_nmnist", "N-MNIST (demo: 3000/1000 samples, 2 epochs)", "nmnist", "$NMNIST_PATH",
         "set NMNIST_PATH to the N-MNIST folder (Train/ and Test/; "
