@@ -9,7 +9,7 @@
 #   sh final.sh -h                              this help
 #
 # Each row runs twice (-attention no, -attention ASA) with the authors' settings; the rows and their
-# flags live in ONE place, the dataset presets (datasets/__init__.py), from which utils/analysis/table.py
+# flags live in ONE place, the dataset presets (datasets/__init__.py), from which utils/analysis/rows.py
 # builds the rows; `python3 -m utils.analysis.table --list` prints them.
 # Run folders: $RUNS_DIR/<row>_no and $RUNS_DIR/<row>_ASA (train_test.py's -name) for the row's own
 # seed (the authors' 0), <row>_no_s<seed> and <row>_ASA_s<seed> for other seeds; console logs

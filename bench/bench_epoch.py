@@ -60,7 +60,7 @@ def prepare(raw: str, out: str, copies: int) -> str:
 
 
 def cli_flags(data: str, batch: int) -> list[str]:
-    from utils.analysis.table import ROW_BY_NAME
+    from utils.analysis.rows import ROW_BY_NAME
     flags = shlex.split(ROW_BY_NAME[ROW_OF_ARCH["A"]].flags)
     flags[flags.index("-batch_size_train") + 1] = str(batch)
     flags[flags.index("-num_epochs") + 1] = "1"

@@ -32,7 +32,7 @@ def cli_args(arch: str, backend: str, extra=()):
     import shlex
 
     import config
-    from utils.analysis.table import ROW_BY_NAME
+    from utils.analysis.rows import ROW_BY_NAME
     flags = shlex.split(ROW_BY_NAME[ROW_OF_ARCH[arch]].flags)
     flags[flags.index("-dataset") + 1] = "synthetic"
     return config.parse_args([*flags, "-backend", backend, "-num_classes", str(NUM_CLASSES), *extra])

@@ -37,7 +37,7 @@ DATASETS: dict[str, DatasetInfo] = {
         needs_path=False),
     # The paper's datasets: their presets ARE the authors' run settings (their final.sh, written
     # out in full; docs/reference.md), the one place they are written down: final.sh's rows
-    # (utils/analysis/table.py) are built from them.
+    # (utils/analysis/rows.py) are built from them.
     "gesture": DatasetInfo(
         "gesture", 11, (128, 128),
         "DVS128 Gesture, per-sample hdf5 layout (DIR/train, DIR/test)",

@@ -13,7 +13,8 @@ import torch
 
 import config
 from utils.analysis import table
-from utils.analysis.table import ROW_BY_NAME, ROWS
+from utils.analysis import rows
+from utils.analysis.rows import ROW_BY_NAME, ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ROWS = ["gesture", "gesture_sj", "gait_day", "gait_night", "action", "har_dvs", "recognition"]
@@ -157,21 +158,21 @@ def test_plan_skips_finished_runs_and_continues_unfinished(tmp_path):
     fake_run(runs / "gesture_no", [10, 20], [0.2, 0.1], num_epochs=2, best=True)    # finished
     fake_run(runs / "gesture_ASA", [10], [0.2], num_epochs=200)                     # unfinished
     env = {"DATA_ROOT": str(tmp_path / "data"), "RUNS_DIR": str(runs)}
-    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    items = rows.plan([ROW_BY_NAME["gesture"]], env)
     assert items[0][0] == "NOTE" and "done already" in items[0][1]
     # no checkpoint yet: started again from scratch (final.sh moves the folder aside first)
     assert items[1][:4] == ["RESTART", "gesture", "ASA", "gesture_ASA"]
     assert items[1][4] == str(tmp_path / "data" / "gesture")
     # with a last.pth: continued with -resume
     (runs / "gesture_ASA" / "last.pth").write_bytes(b"")
-    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    items = rows.plan([ROW_BY_NAME["gesture"]], env)
     assert items[1][:4] == ["RUN", "gesture", "ASA", "gesture_ASA"] and items[1][6] == "resume"
     # a folder holding a run with other settings is never touched
     (runs / "gesture_ASA" / "config.json").write_text(json.dumps({"num_epochs": 200, "T": 30}))
-    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    items = rows.plan([ROW_BY_NAME["gesture"]], env)
     assert items[1][0] == "NOTE" and "other settings" in items[1][1] and "-T 30" in items[1][1]
     # and absent data wins over everything
-    items = table.plan([ROW_BY_NAME["gait_day"]], env)
+    items = rows.plan([ROW_BY_NAME["gait_day"]], env)
     assert len(items) == 1 and items[0][0] == "NOTE" and "skip gait_day" in items[0][1]
 
 
@@ -243,7 +244,7 @@ def test_collector_energy_columns(tmp_path):
 def test_plan_runs_each_row_once_per_seed(tmp_path):
     (tmp_path / "data" / "gesture" / "train").mkdir(parents=True)
     env = {"DATA_ROOT": str(tmp_path / "data"), "RUNS_DIR": str(tmp_path / "runs"), "SEEDS": "0 7"}
-    items = table.plan([ROW_BY_NAME["gesture"]], env)
+    items = rows.plan([ROW_BY_NAME["gesture"]], env)
     # the row's own seed keeps today's folder names; another seed gets _s<seed>
     assert [i[3] for i in items] == ["gesture_no", "gesture_ASA", "gesture_no_s7", "gesture_ASA_s7"]
     for item, seed in zip(items, (0, 0, 7, 7)):
@@ -251,7 +252,7 @@ def test_plan_runs_each_row_once_per_seed(tmp_path):
         args = config.parse_args(item[5].split() + ["-data_path", item[4]])
         assert args.seed == seed and args.T == 60              # only the seed differs from the row
     # without SEEDS: one run per attention, exactly as before seeds existed
-    one = table.plan([ROW_BY_NAME["gesture"]], {k: v for k, v in env.items() if k != "SEEDS"})
+    one = rows.plan([ROW_BY_NAME["gesture"]], {k: v for k, v in env.items() if k != "SEEDS"})
     assert [(i[3], i[5]) for i in one] == [("gesture_no", ROW_BY_NAME["gesture"].flags),
                                            ("gesture_ASA", ROW_BY_NAME["gesture"].flags)]
     for bad, why in (("0 x", "non-negative integers"), ("1 1", "twice"), ("-1", "non-negative")):

@@ -83,7 +83,8 @@ def draw_records(records: list[dict], out_dir: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    from utils.analysis import table
+    from utils.analysis import rows as table_rows
+    from utils.analysis.table import rows_with_runs
     p = argparse.ArgumentParser(prog="python3 -m utils.analysis.curves", description=__doc__.split("\n\n")[0])
     p.add_argument("runs_dir", help="folder holding the rows' run folders (<row>_no, <row>_ASA, <row>_<att>_s<seed>)")
     p.add_argument("--out", default="results", help="where curves_<row>.png go (default results/)")
@@ -93,10 +94,11 @@ def main(argv=None) -> int:
     try:
         if not os.path.isdir(a.runs_dir):
             raise ValueError(f"{a.runs_dir}: no such folder")
-        rows = table.select_rows(a.rows) if a.rows else table.rows_with_runs(a.runs_dir, table.ROWS, a.seeds)
+        rows = (table_rows.select_rows(a.rows) if a.rows
+                else rows_with_runs(a.runs_dir, table_rows.ROWS, a.seeds))
         records = [{"row": r.name, "label": r.label,
-                    "folders": {att: list(table.seed_runs(a.runs_dir, r, att, a.seeds).values())
-                                for att in table.ATTENTIONS}} for r in rows]
+                    "folders": {att: list(table_rows.seed_runs(a.runs_dir, r, att, a.seeds).values())
+                                for att in table_rows.ATTENTIONS}} for r in rows]
         paths = draw_records(records, a.out)
         if not paths:
             raise ValueError(f"{a.runs_dir}: no run folders of the rows {', '.join(r.name for r in rows)}")
