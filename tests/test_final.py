@@ -160,6 +160,8 @@ def test_plan_skips_finished_runs_and_continues_unfinished(tmp_path):
     env = {"DATA_ROOT": str(tmp_path / "data"), "RUNS_DIR": str(runs)}
     items = rows.plan([ROW_BY_NAME["gesture"]], env)
     assert items[0][0] == "NOTE" and "done already" in items[0][1]
+    # a finished run of other settings (here 2 epochs, the row says 200) is reused, and said so
+    assert "other settings (-num_epochs 2 (row: 200))" in items[0][1]
     # no checkpoint yet: started again from scratch (final.sh moves the folder aside first)
     assert items[1][:4] == ["RESTART", "gesture", "ASA", "gesture_ASA"]
     assert items[1][4] == str(tmp_path / "data" / "gesture")

@@ -218,7 +218,10 @@ def plan(rows: list[Row], env) -> list[list[str]]:
             folder = os.path.join(runs_dir, name)
             status = run_status(folder)
             if status == "done":
-                out.append(["NOTE", f"done already: {folder} (delete it to run again)"])
+                bad = settings_mismatch(folder, flags)
+                other = (f", but with other settings ({'; '.join(bad)}): the table reports it as it is; "
+                         f"move it away to run this row's settings" if bad else "")
+                out.append(["NOTE", f"done already: {folder}{other} (delete it to run again)"])
                 continue
             if status == "partial":
                 bad = settings_mismatch(folder, flags)
