@@ -173,7 +173,8 @@ def test_amp_training_on_cuda(arch, T, size):
     """Autocast + GradScaler through utils/run/engine.py: float16 activations reach the fused neurons,
     the spike counts of every layer stay near float32's, the loss stays finite and the parameters move."""
     from torch.utils.data import DataLoader, TensorDataset
-    from utils.run.engine import autocast, train_one_epoch
+    from utils.run.engine import train_one_epoch
+    from utils.run.precision import autocast
     from test_nets import spike_counts
     torch.manual_seed(0)
     net = create_net(net_args(arch, T, size)).cuda().train()     # batch statistics: the layers fire

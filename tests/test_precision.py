@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from models import create_net
 from utils.run import checkpoint, precision
-from utils.run.engine import autocast, train_step
+from utils.run.engine import train_step
+from utils.run.precision import autocast
 
 Attn, LIF, PLIF = (importlib.import_module(f"models.module.{m}") for m in ("Attn", "LIF", "PLIF"))
 CPU = torch.device("cpu")

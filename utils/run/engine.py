@@ -42,19 +42,13 @@ def set_lr(optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def autocast(device: torch.device, enabled: bool, net=None):
-    """``-amp``'s autocast region (utils/run/precision.py: float16 on CUDA, bfloat16 on CPUs that
-    have it, with ``net``'s float32 regions; float32 otherwise)."""
-    return precision.autocast(device, enabled, net)
-
-
 def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler=None,
                weight: float = 1.0, all_finite=None):
     """One optimisation step on the batch (x, y) already on the device; returns (loss, logits),
     both detached. ``weight`` scales the loss that is backpropagated (several processes, see
     :func:`train_one_epoch`); ``all_finite(bool) -> bool`` agrees on finiteness over processes.
     Raises NonFiniteLoss before the update when the loss is not finite."""
-    with autocast(x.device, amp, net):
+    with precision.autocast(x.device, amp, net):
         logits = net(x)
     loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())     # float32 under -amp
     finite = bool(torch.isfinite(loss))
@@ -127,7 +121,7 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
             x = x.to(device, non_blocking=True).float()
             y = y.to(device, non_blocking=True)
             clip = x.shape[1]
-            with autocast(device, amp, net):
+            with precision.autocast(device, amp, net):
                 logits = net(x.flatten(0, 1))
             logits = logits.float()
             target = F.one_hot(y, num_classes).float().repeat_interleave(clip, dim=0)

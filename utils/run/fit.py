@@ -97,7 +97,6 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
         return progress
     tb = d.on_main(lambda: TensorBoardLog(run_dir, progress.start_epoch, len(loaders[0]))
                    if args.tensorboard else None)
-    best = best_metrics(progress, fields)
     try:
         for epoch in range(progress.start_epoch, args.num_epochs):
             t0 = time.time()
@@ -109,13 +108,12 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
             check_parameters(net, epoch)                   # before anything of this epoch is saved
             if row["test_acc"] >= progress.best_acc:       # ties: the later epoch, as the reference
                 progress.best_acc, progress.best_epoch = row["test_acc"], epoch
-                best = {k: row[k] for k in ("test_acc", "test_nasfr")}
                 improved = True
             else:
                 improved = False
             rngs = d.gather_objects(rng_state())           # after the last random draw of the epoch
             d.on_main(save_epoch, log, row, net, optimizer, scaler, progress, args, rngs, d.world_size,
-                      run_dir, improved, tb, best)
+                      run_dir, improved, tb)
             d.say(epoch_line(row, args.num_epochs, progress), flush=True)
     finally:
         if tb is not None:
@@ -123,13 +121,16 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
     return progress
 
 
-def best_metrics(p: Progress, fields: list[str]) -> dict | None:
-    """test_acc and test_nasfr of the best epoch among the rows so far (a resumed run's)."""
-    for r in p.rows:
-        row = dict(zip(fields, r))
-        if int(row["epoch"]) == p.best_epoch:
-            return {k: float(row[k]) for k in ("test_acc", "test_nasfr")}
-    return None
+def best_metrics(row: dict, log: MetricsCSV, best_epoch: int) -> dict:
+    """test_acc and test_nasfr of the best epoch: ``row`` (this epoch's) or one of the rows
+    written before (metrics.csv's strings: float repr, exact)."""
+    if row["epoch"] == best_epoch:
+        return {k: row[k] for k in ("test_acc", "test_nasfr")}
+    for r in log.rows:
+        old = dict(zip(log.fields, r))
+        if int(old["epoch"]) == best_epoch:
+            return {k: float(old[k]) for k in ("test_acc", "test_nasfr")}
+    raise ValueError(f"best epoch {best_epoch} is not among the metrics rows")
 
 
 def check_parameters(net, epoch: int) -> None:
@@ -161,13 +162,13 @@ def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, trai
 
 
 def save_epoch(log: MetricsCSV, row: dict, net, optimizer, scaler, progress: Progress, args, rngs,
-               world_size: int, run_dir: str, improved: bool, tb=None, best: dict | None = None) -> None:
+               world_size: int, run_dir: str, improved: bool, tb=None) -> None:
     """TensorBoard's events (flushed), the row, then best.pth, then last.pth (the resume point: a
     kill before it is written repeats the epoch)."""
     if tb is not None:
         tb.epoch(row)
         if row["epoch"] == args.num_epochs - 1:
-            tb.hparams(args, row["epoch"], best, row)
+            tb.hparams(args, row["epoch"], best_metrics(row, log, progress.best_epoch), row)
         tb.flush()
     log.append(row)
     ck = make_checkpoint(net, optimizer, row["epoch"], progress.best_acc, progress.best_epoch, args,

@@ -35,6 +35,7 @@ from models.module.Attn import ASA
 LOW = (torch.float16, torch.bfloat16)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _POLICY = "_precision_policy_handles"
+_APPLIED = "_precision_policy_applied"        # on the network: apply_policy ran (autocast skips it)
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
@@ -81,24 +82,25 @@ def autocast(device: torch.device, amp: bool, net: nn.Module | None = None):
     dtype = amp_dtype(device, amp)
     if dtype is None:
         return nullcontext()
-    if device.type == "cpu" and net is not None:
+    if device.type == "cpu" and net is not None and not getattr(net, _APPLIED, False):
         apply_policy(net)
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _layers(named, cls) -> list[str]:
+    """Names of the ``cls`` modules outside ASA, in network order."""
+    return [n for n, m in named if isinstance(m, cls) and not _inside(n, named, ASA)]
+
+
 def bf16_convs(net: nn.Module) -> list[str]:
     """The convolutions that run in bfloat16 under CPU autocast: all but the first and ASA's."""
-    named = list(net.named_modules())
-    convs = [n for n, m in named if isinstance(m, nn.Conv2d) and not _inside(n, named, ASA)]
-    return convs[1:]
+    return _layers(list(net.named_modules()), nn.Conv2d)[1:]
 
 
 def fp32_modules(net: nn.Module) -> dict[str, list[str]]:
     """{part: module names} of the float32 regions the CPU policy gives ``net``."""
     named = list(net.named_modules())
-    convs = [n for n, m in named if isinstance(m, nn.Conv2d) and not _inside(n, named, ASA)]
-    linears = [n for n, m in named if isinstance(m, nn.Linear) and not _inside(n, named, ASA)]
-    return {"first layer": convs[:1], "output layer": linears[-1:],
+    return {"first layer": _layers(named, nn.Conv2d)[:1], "output layer": _layers(named, nn.Linear)[-1:],
             "ASA": [n for n, m in named if isinstance(m, ASA)],
             "neurons": [n for n, m in named if getattr(m, "spiking", False)]}
 
@@ -168,6 +170,7 @@ def apply_policy(net: nn.Module) -> dict[str, list[str]]:
         m = modules[n]
         if getattr(m, _POLICY, None) is None:
             setattr(m, _POLICY, (m.register_forward_pre_hook(_to_bf16_channels_last),))
+    setattr(net, _APPLIED, True)
     return parts
 
 
@@ -176,8 +179,9 @@ def remove_policy(net: nn.Module) -> None:
     for m in net.modules():
         for h in getattr(m, _POLICY, None) or ():
             h.remove()
-        if hasattr(m, _POLICY):
-            delattr(m, _POLICY)
+        for attr in (_POLICY, _APPLIED):
+            if hasattr(m, attr):
+                delattr(m, attr)
 
 
 def _name(dtype) -> str:
@@ -195,8 +199,8 @@ def describe(net: nn.Module, device: torch.device, amp: bool) -> list[str]:
     if not ok:
         return [f"note: -amp: {why}; training in float32"]
     parts = fp32_modules(net)
-    low = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-           and n not in parts["first layer"] + parts["output layer"] and not _inside(n, list(net.named_modules()), ASA)]
+    low = [n for n in _layers(list(net.named_modules()), (nn.Conv2d, nn.Linear))
+           if n not in parts["first layer"] + parts["output layer"]]
     return [f"precision: -amp on CPU, {why}: bfloat16 autocast for {len(low)} conv/linear layers "
             f"({', '.join(low)}) and their BatchNorm; float32 for the first layer "
             f"({', '.join(parts['first layer'])}), the output layer ({', '.join(parts['output layer'])}), "
