@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import matplotlib
@@ -22,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils.analysis.runs import read_metrics  # noqa: E402
+from utils.analysis.runs import read_metrics, spread  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 
 PANELS = (("test_acc", "test accuracy (%)"), ("test_nasfr", "NASFR"))
@@ -38,9 +37,8 @@ def epoch_series(folders: list[str], column: str) -> tuple[list[int], list[float
         for e, v in values.items():
             per_epoch.setdefault(e, []).append(v)
     epochs = sorted(per_epoch)
-    vals = [per_epoch[e] for e in epochs]
-    return ([e + 1 for e in epochs], [statistics.fmean(v) for v in vals],
-            [statistics.stdev(v) if len(v) > 1 else None for v in vals], [len(v) for v in vals])
+    mean, sd, n = zip(*(spread(per_epoch[e]) for e in epochs)) if epochs else ((), (), ())
+    return [e + 1 for e in epochs], list(mean), list(sd), list(n)
 
 
 def draw(label: str, folders: dict, path: str) -> str:

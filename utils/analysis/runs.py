@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import statistics
 
 from utils.errors import UserError
 
@@ -97,3 +98,13 @@ def rates_from_metrics(path: str, epoch: int | None = None) -> tuple[dict, int]:
 def layer_rates(row: dict) -> dict:
     """{spiking layer: firing rate} of a metrics row (its fr_<layer> columns)."""
     return {k[3:]: float(v) for k, v in row.items() if k.startswith("fr_") and v != ""}
+
+
+def spread(values: list) -> tuple:
+    """(mean, sample standard deviation with ddof = 1, n) of the values that are not None;
+    the deviation is None for fewer than two values, everything None for none. Seeds are
+    summarised this way in the table and in the curves."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None, 0
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else None), len(v)

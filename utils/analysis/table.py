@@ -25,12 +25,11 @@ import datetime
 import io
 import os
 import shlex
-import statistics
 import sys
 
 from utils.analysis.rows import (ATTENTIONS, ROW_BY_NAME, ROWS, Row, parse_seeds, plan, run_name,
                                  seed_runs, select_rows)
-from utils.analysis.runs import best_row, layer_rates, read_config, read_metrics
+from utils.analysis.runs import best_row, layer_rates, read_config, read_metrics, spread
 from utils.files import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,15 +72,6 @@ def summarise_run(folder: str, with_energy: bool = True) -> dict | None:
 
 def _delta_pct(new, old):
     return None if new is None or old in (None, 0) else (new - old) / old * 100.0
-
-
-def spread(values: list) -> tuple:
-    """(mean, sample standard deviation with ddof = 1, n) of the values that are not None;
-    the deviation is None for fewer than two values, everything None for none."""
-    v = [x for x in values if x is not None]
-    if not v:
-        return None, None, 0
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else None), len(v)
 
 
 def _epochs_text(runs: list[dict]) -> str | None:
