@@ -149,8 +149,10 @@ def read_frames(path: str, T: int | None) -> np.ndarray:
         frames = load_npz(path, ("frames",), hint="spikingjelly writes plain arrays; delete the frames "
                                                   "folder and run again to rebuild it")["frames"]
     except UserError as e:
-        raise UserError(f"{e} (delete {os.path.dirname(os.path.dirname(os.path.dirname(path)))} and run "
-                        f"again to rebuild the frames)" if "refused" not in str(e) else str(e)) from None
+        if "refused" in str(e):               # pickled: its message already names the way out
+            raise
+        folder = os.path.dirname(os.path.dirname(os.path.dirname(path)))     # <frames>/<split>/<class>/
+        raise UserError(f"{e} (delete {folder} and run again to rebuild the frames)") from None
     if frames.ndim != 4 or frames.shape[1] != 2 or (T is not None and frames.shape[0] != T) \
             or frames.dtype.kind not in "iuf":
         raise UserError(f"{path}: frames of shape {frames.shape} and dtype {frames.dtype}, expected "
