@@ -23,7 +23,7 @@ from utils.errors import UserError
 
 from .files import check_bounds, check_regular_file, events_from_columns, out_folder, release_member
 from .frame_dataset import train_test_sets
-from .framing import Events, make_events
+from .framing import Events
 from .readers import read_aedat31, read_gesture_labels
 
 SENSOR = (128, 128)
