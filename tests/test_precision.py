@@ -240,9 +240,24 @@ def test_the_cli_reports_the_precision_of_each_part_and_trains_under_amp(tmp_pat
 
 def test_a_float32_region_returns_its_gradient_in_the_inputs_dtype_and_layout():
     x = torch.randn(2, 3, 4, 5).to(torch.bfloat16, memory_format=torch.channels_last).requires_grad_()
-    y = precision.ToFloat32.apply(x)
+    y = precision.to_float32(x)
     assert y.dtype == torch.float32 and y.is_contiguous() and torch.equal(y, x.detach().float())
     g = torch.arange(y.numel(), dtype=torch.float32).reshape(y.shape)
     y.backward(g)
     assert x.grad.dtype == torch.bfloat16 and x.grad.stride() == x.stride()
     assert torch.equal(x.grad.float(), g.to(torch.bfloat16).float())
+
+
+def test_a_bfloat16_conv_input_returns_its_gradient_contiguous_float32():
+    # Tensor.to would hand a channels-last gradient to the neuron before it (a second copy there)
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    seen = []
+    h = x * 1
+    h.register_hook(lambda g: seen.append(g))
+    y = precision.to_bf16_channels_last(h)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.float(), x.detach().to(torch.bfloat16).float())
+    g = torch.randn(y.shape).to(torch.bfloat16, memory_format=torch.channels_last)
+    y.backward(g)
+    assert seen[0].dtype == torch.float32 and seen[0].is_contiguous()
+    assert torch.equal(seen[0], g.float()) and torch.equal(x.grad, g.float())

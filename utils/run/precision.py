@@ -109,23 +109,36 @@ def _inside(name: str, named, cls) -> bool:
     return any(isinstance(m, cls) and n and name.startswith(n + ".") for n, m in named)
 
 
-class ToFloat32(torch.autograd.Function):
-    """Entry of a float32 region: ``x`` as contiguous float32; the gradient goes back in ``x``'s
-    dtype and memory layout (a channels-last bfloat16 region keeps its fast backward paths)."""
+class _Recast(torch.autograd.Function):
+    """``x`` in another dtype and memory layout, in one copy; the gradient goes back in ``x``'s own
+    dtype and strides, again in one copy. (``Tensor.to`` returns its gradient in the new layout,
+    and the next consumer then pays a second, transposing copy of a whole layer's activations.)"""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, dtype, memory_format):
         ctx.dtype, ctx.shape, ctx.strides = x.dtype, x.shape, x.stride()
-        return x.to(torch.float32, memory_format=torch.contiguous_format)
+        return x.to(dtype, memory_format=memory_format)
 
     @staticmethod
     def backward(ctx, grad):
         out = torch.empty_strided(ctx.shape, ctx.strides, dtype=ctx.dtype, device=grad.device)
-        return out.copy_(grad)
+        return out.copy_(grad), None, None
+
+
+def to_float32(x: torch.Tensor) -> torch.Tensor:
+    """Entry of a float32 region: ``x`` as contiguous float32; the gradient goes back in ``x``'s
+    dtype and memory layout (a channels-last bfloat16 region keeps its fast backward paths)."""
+    return _Recast.apply(x, torch.float32, torch.contiguous_format)
+
+
+def to_bf16_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Entry of a bfloat16 convolution: ``x`` as channels-last bfloat16; the gradient goes back as
+    ``x`` was (contiguous float32 from a neuron), so the neuron's backward reads it directly."""
+    return _Recast.apply(x, torch.bfloat16, torch.channels_last)
 
 
 def _to_fp32(module, args):
-    return tuple(ToFloat32.apply(a) if torch.is_tensor(a) and a.dtype in LOW else a for a in args)
+    return tuple(to_float32(a) if torch.is_tensor(a) and a.dtype in LOW else a for a in args)
 
 
 def _enter_fp32(module, args):
@@ -144,8 +157,7 @@ def _to_bf16_channels_last(module, args):
     channels-last paths (the same values; README "Mixed precision")."""
     if not torch.is_autocast_enabled("cpu"):
         return None
-    return tuple(a.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-                 if torch.is_tensor(a) and a.dim() == 4 else a for a in args)
+    return tuple(to_bf16_channels_last(a) if torch.is_tensor(a) and a.dim() == 4 else a for a in args)
 
 
 def _exit_fp32(module, args, output):
