@@ -96,48 +96,81 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
-def worker(arch: str, backend: str, steps: int, warmup: int, threads: int | None,
-           amp: bool = False) -> dict:
-    """Runs in its own process: build, warm up, time ``steps``, read the peak RSS, count FLOPs."""
+def _setup(arch: str, backend: str, warmup: int, threads: int | None, amp: bool):
+    """In the worker process: the CLI's step, built and warmed up."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
     sys.path.insert(0, HERE)
     from common import cli_step
-    from utils.run import precision
     if threads:
         torch.set_num_threads(threads)
     step, _ = cli_step(arch, backend, amp=amp)
     for _ in range(max(1, warmup)):
         step()
-    mm = matmul_gflops()
-    times, cpu, faults = [], [], []
-    for _ in range(steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        step()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return step
+
+
+def _timed(step) -> dict:
+    """One timed step: wall and CPU seconds, minor page faults."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0}
+
+
+def _summary(step, timed: list[dict], amp: bool) -> dict:
+    """Peak RSS, the matmul reference rate and one FLOP-counted step, after the timed steps."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from utils.run import precision
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    mm = matmul_gflops()
     counter = FlopCounterMode(display=False)
     with counter:
         step()
+    times = [t["wall"] for t in timed]
     med = statistics.median(times)
     flops = counter.get_total_flops()
-    return {"step_s": med, "steps_s": times, "cpu_s": statistics.median(cpu), "samples_per_s": 8 / med,
-            "flops": flops, "minflt": statistics.median(faults), "gflops": flops / med / 1e9,
+    return {"step_s": med, "steps_s": times, "cpu_s": statistics.median(t["cpu"] for t in timed),
+            "cpus_s": [t["cpu"] for t in timed], "samples_per_s": 8 / med,
+            "flops": flops, "minflt": statistics.median(t["minflt"] for t in timed), "gflops": flops / med / 1e9,
             "matmul_gflops": mm, "threads": torch.get_num_threads(), "maxrss_gib": maxrss,
             "allocator": allocator.loaded(),
             "precision": str(precision.amp_dtype(torch.device("cpu"), amp) or torch.float32).replace("torch.", "")}
+
+
+def worker(arch: str, backend: str, steps: int, warmup: int, threads: int | None,
+           amp: bool = False) -> dict:
+    """Runs in its own process: build, warm up, time ``steps``, read the peak RSS, count FLOPs."""
+    step = _setup(arch, backend, warmup, threads, amp)
+    return _summary(step, [_timed(step) for _ in range(steps)], amp)
+
+
+def serve(arch: str, backend: str, warmup: int, threads: int | None, amp: bool) -> None:
+    """Interleaved mode's worker: build and warm up, say "ready", then one timed step per "step"
+    line on stdin (a JSON line back each), and the summary on "end"."""
+    step = _setup(arch, backend, warmup, threads, amp)
+    print("ready", flush=True)
+    timed = []
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        timed.append(_timed(step))
+        print(json.dumps(timed[-1]), flush=True)
+    print(json.dumps(_summary(step, timed, amp)), flush=True)
+
+
+def _command(arch, backend, steps, warmup, threads, amp, serving=False) -> list[str]:
+    return ([sys.executable, os.path.abspath(__file__), "--worker", arch, backend,
+             "--steps", str(steps), "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else [])
+            + (["--amp"] if amp else []) + (["--serve"] if serving else []))
 
 
 def run_config(arch, backend, alloc, steps, warmup, threads, timeout, amp=False) -> dict:
     env = allocator_env(alloc)
     if env is None:
         return {"error": f"skipped: {alloc} is not installed"}
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", arch, backend,
-           "--steps", str(steps), "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else []) \
-        + (["--amp"] if amp else [])
+    cmd = _command(arch, backend, steps, warmup, threads, amp)
     load0 = os.getloadavg()[0]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
@@ -149,6 +182,62 @@ def run_config(arch, backend, alloc, steps, warmup, threads, timeout, amp=False)
     r = json.loads(p.stdout.strip().splitlines()[-1])
     r["load"] = (load0, os.getloadavg()[0])
     return r
+
+
+def _reply(p: subprocess.Popen) -> str:
+    line = p.stdout.readline()
+    if not line:
+        p.wait()
+        tail = (p.stderr.read() or "").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"exit {p.returncode}: {'killed (out of memory?)' if p.returncode < 0 else tail[0]}")
+    return line
+
+
+def run_interleaved(configs: list[tuple], rounds: int, warmup: int, threads) -> dict:
+    """Time ``configs`` [(name, arch, backend, allocator, amp)] in turns: every configuration's
+    worker is built and warmed up first and stays alive; then each round takes one step of each
+    (the order rotating), so that a drift of the machine's speed over minutes (shared virtual
+    machines drift by 1.5x here) hits every configuration alike. Returns {name: result}, each
+    result with its per-round "steps_s"/"cpus_s" in round order."""
+    procs, results = {}, {}
+    try:
+        for name, arch, backend, alloc, amp in configs:
+            env = allocator_env(alloc)
+            if env is None:
+                results[name] = {"error": f"skipped: {alloc} is not installed"}
+                continue
+            procs[name] = p = subprocess.Popen(_command(arch, backend, rounds, warmup, threads, amp, True),
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+            try:
+                _reply(p)
+            except RuntimeError as e:
+                results[name] = {"error": str(e)}
+                del procs[name]
+        load0 = os.getloadavg()[0]
+        names = list(procs)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                procs[name].stdin.write("step\n")
+                procs[name].stdin.flush()
+                _reply(procs[name])
+        for name, p in procs.items():
+            p.stdin.write("end\n")
+            p.stdin.flush()
+            results[name] = json.loads(_reply(p))
+            results[name]["load"] = (load0, os.getloadavg()[0])
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    return results
+
+
+def round_ratio(slow: dict, fast: dict, key: str = "cpus_s") -> float:
+    """Median over rounds of slow/fast (interleaved results), else the ratio of the medians."""
+    if key in slow and key in fast and len(slow[key]) == len(fast[key]):
+        return statistics.median(a / b for a, b in zip(slow[key], fast[key]))
+    return slow["cpu_s"] / fast["cpu_s"]
 
 
 def fmt(name: str, r: dict) -> str:
@@ -175,21 +264,30 @@ def main(argv=None):
     p.add_argument("--allocators", default=None,
                    help="comma-separated: mimalloc, jemalloc, tcmalloc, 'glibc tuned', glibc (default: all)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep one architecture's configurations alive together and time their steps in "
+                        "turns, ratios as medians of per-round ratios (default: on with --amp)")
     p.add_argument("--worker", nargs=2, metavar=("ARCH", "BACKEND"), help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         arch, backend = a.worker
+        if a.serve:
+            return serve(arch, backend, a.warmup, a.threads, a.amp)
         print(json.dumps(worker(arch, backend, a.steps or (3 if arch == "B" else 5), a.warmup, a.threads,
                                 a.amp)))
         return
 
     import torch
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    interleave = a.amp if a.interleave is None else a.interleave
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {mem_gib:.0f} GiB "
           f"RAM, torch {torch.__version__}, threads {a.threads or torch.get_num_threads()}; "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+          f"load average before: {os.getloadavg()[0]:.2f}; "
+          + ("interleaved: each architecture's configurations step in turns" if interleave
+             else "one configuration after another"))
     wanted = a.allocators.split(",") if a.allocators else None
-    results = {}
+    chosen = []
     for name, arch, backend, alloc, amp in CONFIGS:
         if (a.only and arch != a.only) or (wanted and alloc not in wanted) or (a.quick and name not in QUICK) \
                 or (a.amp and name not in AMP):
@@ -198,24 +296,41 @@ def main(argv=None):
             print(f"{name:34s} skipped: the eager backend needs ~35-40 GiB at 128x128 (this machine has "
                   f"{mem_gib:.0f} GiB)")
             continue
-        steps = a.steps or (2 if a.quick else 3 if arch == "B" else 5)
-        results[name] = r = run_config(arch, backend, alloc, steps, 1 if a.quick else a.warmup,
-                                       a.threads, a.timeout, amp)
-        print(fmt(name, r), flush=True)
+        chosen.append((name, arch, backend, alloc, amp))
+    results = {}
+    warmup = 1 if a.quick else a.warmup
     for arch in "AB":
-        cli, ref = results.get(CLI[arch]), results.get(REFERENCE[arch])
-        if cli and ref and "error" not in cli and "error" not in ref:
-            print(f"arch {arch}: the CLI's step vs {REFERENCE[arch]}: {ref['step_s'] / cli['step_s']:.2f}x the "
-                  f"step rate (CPU time {ref['cpu_s'] / cli['cpu_s']:.2f}x); peak RSS {cli['maxrss_gib']:.2f} vs "
-                  f"{ref['maxrss_gib']:.2f} GiB")
-        fast = results.get(CLI_AMP[arch])
-        if cli and fast and "error" not in cli and "error" not in fast:
-            vs_ref = (f"; vs {REFERENCE[arch]}: {ref['step_s'] / fast['step_s']:.2f}x the step rate (CPU time "
-                      f"{ref['cpu_s'] / fast['cpu_s']:.2f}x)") if ref and "error" not in ref else ""
-            print(f"arch {arch}: -amp ({fast['precision']}) vs float32: {cli['step_s'] / fast['step_s']:.2f}x the "
-                  f"step rate (CPU time {cli['cpu_s'] / fast['cpu_s']:.2f}x); peak RSS {fast['maxrss_gib']:.2f} "
-                  f"vs {cli['maxrss_gib']:.2f} GiB{vs_ref}")
+        mine = [c for c in chosen if c[1] == arch]
+        steps = a.steps or (2 if a.quick else 3 if arch == "B" else 5)
+        if interleave and mine:
+            got = run_interleaved(mine, steps, warmup, a.threads)
+            for name, *_ in mine:
+                results[name] = got[name]
+                print(fmt(name, got[name]), flush=True)
+            continue
+        for name, _, backend, alloc, amp in mine:
+            results[name] = r = run_config(arch, backend, alloc, steps, warmup, a.threads, a.timeout, amp)
+            print(fmt(name, r), flush=True)
+    summarize(results, interleave)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def summarize(results: dict, interleave: bool) -> None:
+    """The comparisons per architecture: the CLI vs the reference's way, -amp vs float32."""
+    how = "median of per-round CPU-time ratios" if interleave else "CPU time"
+    ok = {k: r for k, r in results.items() if "error" not in r}
+    for arch in "AB":
+        cli, ref, fast = ok.get(CLI[arch]), ok.get(REFERENCE[arch]), ok.get(CLI_AMP[arch])
+        if cli and ref:
+            print(f"arch {arch}: the CLI's step vs {REFERENCE[arch]}: {ref['step_s'] / cli['step_s']:.2f}x the "
+                  f"step rate ({how} {round_ratio(ref, cli):.2f}x); peak RSS {cli['maxrss_gib']:.2f} vs "
+                  f"{ref['maxrss_gib']:.2f} GiB")
+        if cli and fast:
+            vs_ref = (f"; vs {REFERENCE[arch]}: {ref['step_s'] / fast['step_s']:.2f}x the step rate ({how} "
+                      f"{round_ratio(ref, fast):.2f}x)") if ref else ""
+            print(f"arch {arch}: -amp ({fast['precision']}) vs float32: {cli['step_s'] / fast['step_s']:.2f}x the "
+                  f"step rate ({how} {round_ratio(cli, fast):.2f}x); peak RSS {fast['maxrss_gib']:.2f} "
+                  f"vs {cli['maxrss_gib']:.2f} GiB{vs_ref}")
 
 
 if __name__ == "__main__":
