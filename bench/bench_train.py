@@ -5,7 +5,7 @@ float32 and ``-amp`` (bfloat16 autocast where the CPU has it).
     python3 bench/bench_train.py --only A --threads 1    # load-independent: CPU seconds per step
     python3 bench/bench_train.py --quick            # 1 warm-up + 2 timed steps, fewer configurations
     python3 bench/bench_train.py --allocators mimalloc,glibc   # only these allocators
-    python3 bench/bench_train.py --amp --threads 1  # float32 vs -amp vs the reference's way, CPU s/step
+    python3 bench/bench_train.py --amp --threads 1  # float32 vs -amp vs the reference's way, CPU s/step, in turns
 
 The step is train_test.py's own (bench/common.py): the paper's flags for the gesture (A) and
 gesture_sj (B) rows resolved by config.py, the network from models.create_net with the
@@ -19,7 +19,11 @@ and "glibc" (plain, ``ASA_ALLOCATOR=off``). The reference's way is eager under p
 layer, the output layer, ASA, the neurons and the loss in float32, on CPUs with native bfloat16;
 on other CPUs those configurations run float32 and say so.
 
-Every configuration runs in a fresh subprocess. Per configuration: median wall time of a step
+Every configuration runs in a fresh subprocess, one after another, or with ``--interleave`` (the
+default with ``--amp``) one architecture's configurations alive together, each warmed up, then
+taking one step each in turns: a shared virtual machine's speed drifts by up to 1.5x over minutes,
+and in turns the drift hits every configuration alike; ratios are then the median of per-round
+ratios. Per configuration: median wall time of a step
 after warm-up, samples/s, CPU seconds per step (user + system, all threads; with --threads 1 a
 load-independent measure), peak resident memory (ru_maxrss), minor page faults per step (as GiB
 of 4 KiB pages), FLOPs of one extra step counted by torch.utils.flop_counter.FlopCounterMode
