@@ -11,16 +11,19 @@ precision"):
   Inside the autocast region these parts are float32 regions (autocast off, floating inputs cast
   to float32), applied by module hooks (:func:`apply_policy`):
 
-  - the first layer (the first ``Conv2d`` of the network: real-valued event counts on 2 input
-    channels, where bfloat16 convolution is slower than float32; README "Mixed precision"),
+  - the first layer (the first ``Conv2d`` of the network): its input is data, not spikes, and
+    event counts above 256 or interval-scaled fractions would be rounded to bfloat16's 8
+    significant bits (bfloat16 would run this layer faster; README "Mixed precision"),
   - the output layer (the last ``Linear``),
   - every ASA module (its scores, top-k choices, pooling and re-weighting),
   - every spiking neuron (membrane state and threshold comparisons),
 
   and the loss is computed in float32 outside autocast (utils/run/engine.py). The other
-  convolutions and linear layers and their BatchNorm run in bfloat16 (spikes, 0/1, are exact in
-  bfloat16; weights and sums are rounded). Weights, gradients, optimizer state and checkpoints stay
-  float32: autocast casts weights per operation.
+  convolutions and linear layers and their BatchNorm run in bfloat16, channels-last (spikes, 0/1,
+  are exact in bfloat16; dropout's 1/(1-p), weights and sums are rounded). Every change of format
+  is one copy each way (:class:`_Recast`), the gradient returning in the input's own format.
+  Weights, gradients, optimizer state and checkpoints stay float32: autocast casts weights per
+  operation.
 """
 from __future__ import annotations
 
