@@ -269,8 +269,8 @@ def main(argv=None):
                    help="comma-separated: mimalloc, jemalloc, tcmalloc, 'glibc tuned', glibc (default: all)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
     p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep one architecture's configurations alive together and time their steps in "
-                        "turns, ratios as medians of per-round ratios (default: on with --amp)")
+                   help="keep one architecture's configurations alive together (their memory adds up) and "
+                        "time their steps in turns, ratios as medians of per-round ratios (default: on with --amp)")
     p.add_argument("--worker", nargs=2, metavar=("ARCH", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
