@@ -181,19 +181,23 @@ def run_config(arch, backend, alloc, steps, warmup, threads, timeout, amp=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     if p.returncode != 0:
-        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [""]
-        return {"error": f"exit {p.returncode}: {'killed (out of memory?)' if p.returncode < 0 else tail[0]}"}
+        return {"error": _exit_error(p.returncode, p.stderr or p.stdout)}
     r = json.loads(p.stdout.strip().splitlines()[-1])
     r["load"] = (load0, os.getloadavg()[0])
     return r
+
+
+def _exit_error(returncode: int, output: str) -> str:
+    """A failed worker in one line: killed by a signal, or its last line of output."""
+    tail = (output or "").strip().splitlines()[-1:] or [""]
+    return f"exit {returncode}: {'killed (out of memory?)' if returncode < 0 else tail[0]}"
 
 
 def _reply(p: subprocess.Popen) -> str:
     line = p.stdout.readline()
     if not line:
         p.wait()
-        tail = (p.stderr.read() or "").strip().splitlines()[-1:] or [""]
-        raise RuntimeError(f"exit {p.returncode}: {'killed (out of memory?)' if p.returncode < 0 else tail[0]}")
+        raise RuntimeError(_exit_error(p.returncode, p.stderr.read()))
     return line
 
 
@@ -237,10 +241,11 @@ def run_interleaved(configs: list[tuple], rounds: int, warmup: int, threads) -> 
     return results
 
 
-def round_ratio(slow: dict, fast: dict, key: str = "cpus_s") -> float:
-    """Median over rounds of slow/fast (interleaved results), else the ratio of the medians."""
-    if key in slow and key in fast and len(slow[key]) == len(fast[key]):
-        return statistics.median(a / b for a, b in zip(slow[key], fast[key]))
+def cpu_ratio(slow: dict, fast: dict, paired: bool) -> float:
+    """slow/fast in CPU time per step: the median of per-round ratios when the steps were taken in
+    turns (``paired``), else the ratio of the medians (steps of separate runs pair nothing)."""
+    if paired:
+        return statistics.median(a / b for a, b in zip(slow["cpus_s"], fast["cpus_s"], strict=True))
     return slow["cpu_s"] / fast["cpu_s"]
 
 
@@ -327,13 +332,13 @@ def summarize(results: dict, interleave: bool) -> None:
         cli, ref, fast = ok.get(CLI[arch]), ok.get(REFERENCE[arch]), ok.get(CLI_AMP[arch])
         if cli and ref:
             print(f"arch {arch}: the CLI's step vs {REFERENCE[arch]}: {ref['step_s'] / cli['step_s']:.2f}x the "
-                  f"step rate ({how} {round_ratio(ref, cli):.2f}x); peak RSS {cli['maxrss_gib']:.2f} vs "
+                  f"step rate ({how} {cpu_ratio(ref, cli, interleave):.2f}x); peak RSS {cli['maxrss_gib']:.2f} vs "
                   f"{ref['maxrss_gib']:.2f} GiB")
         if cli and fast:
             vs_ref = (f"; vs {REFERENCE[arch]}: {ref['step_s'] / fast['step_s']:.2f}x the step rate ({how} "
-                      f"{round_ratio(ref, fast):.2f}x)") if ref else ""
+                      f"{cpu_ratio(ref, fast, interleave):.2f}x)") if ref else ""
             print(f"arch {arch}: -amp ({fast['precision']}) vs float32: {cli['step_s'] / fast['step_s']:.2f}x the "
-                  f"step rate ({how} {round_ratio(cli, fast):.2f}x); peak RSS {fast['maxrss_gib']:.2f} "
+                  f"step rate ({how} {cpu_ratio(cli, fast, interleave):.2f}x); peak RSS {fast['maxrss_gib']:.2f} "
                   f"vs {cli['maxrss_gib']:.2f} GiB{vs_ref}")
 
 

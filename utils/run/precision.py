@@ -154,7 +154,7 @@ def _enter_fp32(module, args):
     return _to_fp32(module, args)
 
 
-def _to_bf16_channels_last(module, args):
+def _enter_bf16(module, args):
     """Forward pre-hook of a bfloat16 convolution under CPU autocast: its input in bfloat16 and
     channels-last in one copy, so that oneDNN, BatchNorm and pooling take their fast
     channels-last paths (the same values; README "Mixed precision")."""
@@ -184,7 +184,7 @@ def apply_policy(net: nn.Module) -> dict[str, list[str]]:
     for n in bf16_convs(net):
         m = modules[n]
         if getattr(m, _POLICY, None) is None:
-            setattr(m, _POLICY, (m.register_forward_pre_hook(_to_bf16_channels_last),))
+            setattr(m, _POLICY, (m.register_forward_pre_hook(_enter_bf16),))
     setattr(net, _APPLIED, True)
     return parts
 
