@@ -16,7 +16,8 @@ import sys
 from datasets import DATASETS
 from datasets.framing import frame_shape
 from datasets.options import add_dataset_arguments
-from models import ARCHITECTURES, DESCRIPTIONS
+from models import ARCHITECTURES, architecture
+from models.lif_snn import parse_ps
 from models.fused import BACKENDS
 from utils.errors import UserError
 from utils.files import check_regular_file
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = p.add_argument_group("model")
     m.add_argument("-arch", default="A", choices=sorted(ARCHITECTURES),
-                   help="; ".join(f"{k}: {DESCRIPTIONS[k]}" for k in sorted(ARCHITECTURES)))
+                   help="; ".join(f"{k}: {ARCHITECTURES[k].help}" for k in sorted(ARCHITECTURES)))
     m.add_argument("-attention", default="ASA", choices=("ASA", "no"),
                    help="ASA on the membrane-potential input of every conv layer, or none")
     m.add_argument("-asa_mask", default="reference", choices=("reference", "per_sample"),
@@ -313,15 +314,19 @@ def validate(args, info):
         bad(f"-seed must lie in 0..{SEED_MAX} (an unsigned 32-bit seed), got {args.seed}")
     if args.num_work < 0:
         bad(f"-num_work must be 0 or more, got {args.num_work}")
-    if len(args.ps) != 5 or set(args.ps) - {"0", "1"}:
-        bad(f"-ps must be 5 digits of 0/1 (conv1 conv2 conv3 fc1 fc2), got {args.ps!r}")
+    try:
+        parse_ps(args.ps)
+    except ValueError as e:
+        bad(f"-{e}")
     if not 0 < args.lam < 1:
         bad(f"-lam must lie strictly between 0 and 1, got {args.lam}")
-    if args.attention == "ASA" and args.arch in ("A", "D", "sew18") and args.T // args.reduction < 1:
+    # the ASA settings the network really uses: an architecture may fix some (models/registry.py)
+    asa = {"reduction": args.reduction, "lam": args.lam, **architecture(args.arch).fixed_asa}
+    if args.attention == "ASA" and args.T // asa["reduction"] < 1:
         bad(f"-T {args.T} is not compatible with -reduction {args.reduction}: ASA's fc needs "
             f"T // reduction >= 1")
-    if args.attention == "ASA" and int(args.T * args.lam) < 1:
-        bad(f"-T {args.T} with -lam {args.lam} selects no time step (int(T*lam) = 0)")
+    if args.attention == "ASA" and int(args.T * asa["lam"]) < 1:
+        bad(f"-T {args.T} with -lam {asa['lam']} selects no time step (int(T*lam) = 0)")
     if args.num_classes is not None and args.num_classes < 2:
         bad(f"-num_classes must be at least 2, got {args.num_classes}")
     if args.name is not None and args.resume is None:

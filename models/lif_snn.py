@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .module.Attn import make_attention
-from .module.LIF import LIF
+from .module.lif import LIF
 from .registry import register
 
 

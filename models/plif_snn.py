@@ -10,7 +10,7 @@ pools after blocks 1..4. The pool after the fifth block is a MaxPool2 in both (i
 
 Module names follow the authors' (``ConvAttLIFs.<i>.0.conv.0``, ``.bn.0``, ``.attn``, ``.spike.0.w``,
 ``FCs.<i>.1.fc``) so that their checkpoints load directly. Every ASA is built with reduction 1 and
-λ = 0.5 as in the reference, whatever the command line asks for.
+λ = 0.5 as in the reference (``FIXED_ASA``), whatever the command line asks for.
 """
 from typing import Sequence
 
@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from .module.Attn import make_attention
-from .module.PLIF import NEURONS
+from .module.decay_input import NEURONS
 from .registry import register
+
+FIXED_ASA = {"reduction": 1, "lam": 0.5}      # the reference's, for every ASA of B and C
 
 
 class ConvAttNeuron(nn.Module):
@@ -94,7 +96,7 @@ class PLIFSNN(nn.Module):
         pools = (pool,) * 4 + ("max",)
         self.ConvAttLIFs = nn.ModuleList()
         for i in range(5):
-            attn = make_attention(attention, T, chans[i + 1], 1, 0.5, asa_mask, backend)
+            attn = make_attention(attention, T, chans[i + 1], mask=asa_mask, backend=backend, **FIXED_ASA)
             block = ConvAttNeuron(chans[i], chans[i + 1], attn, make_neuron(backend=backend))
             self.ConvAttLIFs.append(nn.Sequential(block, FramePool(pools[i])))
         x_size, y_size = (s // 2 ** 5 for s in frame_size)
@@ -117,13 +119,14 @@ class PLIFSNN(nn.Module):
         return votes.mean(dim=1)
 
 
-@register("B", "5-layer PLIF net of Fang et al. 2021 (128 channels, max pools)")
+@register("B", "5-layer PLIF net of Fang et al. 2021 (128 channels, max pools)", fixed_asa=FIXED_ASA)
 def arch_b(args) -> PLIFSNN:
     return PLIFSNN(args.T, args.num_classes, args.frame_size, neuron="plif", widths=(128,) * 5,
                    pool="max", attention=args.attention, asa_mask=args.asa_mask, backend=args.backend)
 
 
-@register("C", "B with plain LIF neurons, 64-128-128-128-128 channels, average pools")
+@register("C", "B with plain LIF neurons, 64-128-128-128-128 channels, average pools",
+          fixed_asa=FIXED_ASA)
 def arch_c(args) -> PLIFSNN:
     return PLIFSNN(args.T, args.num_classes, args.frame_size, neuron="lif",
                    widths=(64, 128, 128, 128, 128), pool="avg", attention=args.attention,

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .module.Attn import make_attention
-from .module.PLIF import NEURONS
+from .module.decay_input import NEURONS
 from .registry import register
 
 

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from models import create_net
+from models.module import spiking_layers
 from models.module.Attn import ASA
-from models.module.LIF import LIF
+from models.module.lif import LIF
 from utils.analysis import energy as E
 
 
@@ -96,7 +97,7 @@ def test_sew_sources_sum_rates():
     layers = E.count(net, 2, (32, 32))
     names = [l.name for l in layers]
     assert names[0] == "stem.conv" and layers[0].first and names[-1] == "fc"
-    rates = {n: 0.1 for n, m in net.named_modules() if getattr(m, "spiking", False)}
+    rates = {n: 0.1 for n, _ in spiking_layers(net)}
     rep = E.energy(layers, rates, 2)
     by = {r["name"]: r for r in rep["layers"]}
     assert by["layer1.0.conv2.conv"]["input_rate"] == pytest.approx(0.1)       # one spike tensor

@@ -10,8 +10,8 @@ import torch
 
 from models import create_net
 from models.module.Attn import ASA
-from models.module.LIF import LIF, lif_eager
-from models.module.PLIF import LIFNode, PLIF
+from models.module.lif import LIF, lif_eager
+from models.module.decay_input import LIFNode, PLIF
 
 
 def currents(shape, seed=0, scale=0.6, shift=0.25, dtype=torch.float32):

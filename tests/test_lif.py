@@ -3,8 +3,9 @@ import pytest
 import torch
 from spikingjelly.clock_driven import neuron, surrogate
 
-from models.module.LIF import LIF, RectSpike, lif_eager
-from models.module.PLIF import LIFNode, PLIF
+from models.module.lif import LIF, RectSpike, lif_eager
+from models.module.decay_input import LIFNode, PLIF
+from models.module.neuron import SpikingNeuron
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -141,7 +142,7 @@ def test_fused_lif_on_cuda_equals_cpu():
     torch.testing.assert_close(out[0][1], out[1][1])
 
 
-def test_every_neuron_module_is_marked_spiking():
-    assert LIF.spiking and PLIF.spiking and LIFNode.spiking
+def test_every_neuron_module_is_a_spiking_neuron():
+    assert all(issubclass(c, SpikingNeuron) for c in (LIF, PLIF, LIFNode))
     assert [n for n, _ in PLIF().named_parameters()] == ["w"] and PLIF().w.item() == 0.0
     assert list(LIFNode().parameters()) == [] and list(LIF().parameters()) == []

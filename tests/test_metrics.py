@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from models.module import SpikingNeuron
 from utils.run.metrics import SpikeMonitor, clip_vote, nasfr
 
 
@@ -16,9 +17,8 @@ def test_clip_vote_needs_more_than_half():
     assert clip_vote(logits[:1], labels[:1], 1).tolist() == [True]
 
 
-class Fixed(nn.Module):
+class Fixed(SpikingNeuron):
     """A 'spiking layer' that emits given spikes [N, T, ...] regardless of its input."""
-    spiking = True
 
     def __init__(self, spikes):
         super().__init__()

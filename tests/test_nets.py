@@ -8,6 +8,7 @@ import torch
 from models import ARCHITECTURES, create_net, load_pretrained, register
 from models.lif_snn import HeldDropout
 from models.module.Attn import ASA
+from models.module.neuron import SpikingNeuron
 
 NET_CASES = torch.load(Path(__file__).parent / "data" / "net_cases.pt", weights_only=False)
 
@@ -34,7 +35,7 @@ def spike_counts(net, x):
         totals.append(out.detach().sum(dim=[d for d in range(out.dim()) if d != 1]))
         neurons.append(out[0, 0].numel())
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if getattr(m, "spiking", False)]
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, SpikingNeuron)]
     try:
         with torch.no_grad():
             logits = net(x)

@@ -7,8 +7,8 @@ import torch
 
 import config
 from models import create_net
-from models.module.LIF import LIF
-from models.module.PLIF import LIFNode, PLIF
+from models.module.lif import LIF
+from models.module.decay_input import LIFNode, PLIF
 from utils.analysis import plots
 
 matplotlib.use("Agg")

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from models import create_net
+from models.module import SpikingNeuron
 from utils.run import checkpoint, precision
 from utils.run.engine import train_step
 from utils.run.precision import autocast
 
-Attn, LIF, PLIF = (importlib.import_module(f"models.module.{m}") for m in ("Attn", "LIF", "PLIF"))
+Attn, LIF, PLIF = (importlib.import_module(f"models.module.{m}") for m in ("Attn", "lif", "decay_input"))
 CPU = torch.device("cpu")
 BF16 = precision.cpu_bf16()[0]
 needs_bf16 = pytest.mark.skipif(not BF16, reason=f"no native bfloat16: {precision.cpu_bf16()[1]}")
@@ -83,7 +84,7 @@ def test_amp_keeps_first_layer_neurons_asa_topk_and_loss_in_float32(monkeypatch,
     assert loss.dtype == torch.float32 and logits.dtype == torch.float32 and torch.isfinite(loss)
     assert seen[names[0]] == torch.float32 and seen[names[-1]] == torch.float32   # first and output layer
     assert log["topk"] and set(log["topk"]) == {torch.float32}                    # 2 per ASA
-    n_neurons = sum(getattr(m, "spiking", False) for m in net.modules())
+    n_neurons = sum(isinstance(m, SpikingNeuron) for m in net.modules())
     assert len(log["neuron"]) == n_neurons and set(log["neuron"]) == {torch.float32}
     middle = {seen[n] for n in names[1:-1]}
     if BF16:
@@ -109,7 +110,7 @@ def test_amp_is_close_to_float32_and_its_gradients_are_finite():
     for amp in (False, True):
         spikes = []
         hs = [m.register_forward_hook(lambda mod, a, o: spikes.append(float(o.detach().sum())))
-              for m in net.modules() if getattr(m, "spiking", False)]
+              for m in net.modules() if isinstance(m, SpikingNeuron)]
         net.zero_grad()
         with autocast(CPU, amp, net):
             logits = net(x)

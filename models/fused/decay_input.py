@@ -1,5 +1,5 @@
 r"""Fused multi-step decay-input LIF (spikingjelly's ParametricLIFNode / LIFNode of arch B/C): the
-same spikes and gradients as ``models.module.PLIF.decay_input_eager``.
+same spikes and gradients as ``models.module.decay_input.decay_input_eager``.
 
 Forward without an autograd graph, saving only the input ``x`` and the 0-dim charge factor ``k``.
 Backward first re-runs the forward recursion (the same exact operations, so the same ``H`` bit for

@@ -1,4 +1,4 @@
-r"""Fused multi-step LIF of arch A/D: the same spikes and gradients as ``models.module.LIF.lif_eager``.
+r"""Fused multi-step LIF of arch A/D: the same spikes and gradients as ``models.module.lif.lif_eager``.
 
 Forward, without an autograd graph. On CPU ``torch.where``/``masked_fill`` and bool-producing
 comparisons are scalar loops, 5-30x slower than vectorised arithmetic, so the loop carries the

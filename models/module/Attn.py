@@ -36,14 +36,14 @@ Quirks of the authors' implementation, reproduced by ``mask="reference"``:
   the authors' code. tests/test_cuda.py checks CUDA's choices are valid top-k sets.
 
 ``backend="eager"`` computes the re-weighting with plain autograd ops (:meth:`ASA.reweight_eager`,
-the definition); the default ``backend="fused"`` runs models/fused/asa.py, the same output as one
+the definition); the default ``backend="fused"`` runs models/fused/attn.py, the same output as one
 autograd node that keeps only ``x`` for backward.
 """
 import torch
 from torch import nn
 
 from ..fused import check_backend
-from ..fused.asa import ASAFunction
+from ..fused.attn import ASAFunction
 
 MASK_MODES = ("reference", "per_sample")
 

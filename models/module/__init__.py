@@ -1,8 +1,16 @@
-"""Shared layers, each taking ``[N, T, ...]``: ASA (Attn.py), the LIF of arch A/D (LIF.py) and the
-decay-input neurons PLIF / LIFNode of arch B/C and SEW-ResNet-18 (PLIF.py). To put ASA into another
-network, import ``make_attention`` (or ``ASA``) from Attn.py and call it before each spiking neuron."""
-from .Attn import ASA, make_attention
-from .LIF import LIF
-from .PLIF import NEURONS, LIFNode, PLIF
+"""Shared layers, each taking ``[N, T, ...]``; each file's fast kernel has the same name in
+models/fused/:
 
-__all__ = ["ASA", "make_attention", "LIF", "LIFNode", "PLIF", "NEURONS"]
+- ``Attn.py``: ASA and ``make_attention`` (fused/attn.py). To put ASA into another network, call
+  ``make_attention`` (or ``ASA``) before each spiking neuron.
+- ``neuron.py``: ``SpikingNeuron``, the base of every spiking layer, and ``spiking_layers(net)``.
+- ``lif.py``: the LIF of arch A and D (fused/lif.py).
+- ``decay_input.py``: the decay-input neurons, PLIF (arch B, SEW-ResNet-18) and the plain LIFNode
+  (arch C) (fused/decay_input.py).
+"""
+from .Attn import ASA, make_attention
+from .decay_input import NEURONS, LIFNode, PLIF
+from .lif import LIF
+from .neuron import SpikingNeuron, spiking_layers
+
+__all__ = ["ASA", "make_attention", "LIF", "LIFNode", "PLIF", "NEURONS", "SpikingNeuron", "spiking_layers"]

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from models.module import ASA, SpikingNeuron
 from utils.analysis.runs import net_from_checkpoint, rates_from_metrics
 from utils.errors import UserError
 from utils.files import atomic_write
@@ -64,10 +65,6 @@ class Layer:
     first: bool = False                # receives the real-valued input
 
 
-def _is_asa(m: nn.Module) -> bool:
-    return type(m).__name__ == "ASA"
-
-
 def _asa_macs(m: nn.Module, shape) -> int:
     _, T, C, H, W = shape
     n = T * C * H * W
@@ -80,7 +77,7 @@ def count(net: nn.Module, T: int, frame_size, in_channels: int = 2) -> list[Laye
 
     ``net`` maps ``[N, T, in_channels, *frame_size]`` to logits; it is run once on zeros in eval
     mode (and put back in its previous mode)."""
-    asa_names = [n for n, m in net.named_modules() if _is_asa(m)]
+    asa_names = [n for n, m in net.named_modules() if isinstance(m, ASA)]
     inside_asa = lambda n: any(n.startswith(a + ".") for a in asa_names)   # noqa: E731
     order: list = []          # (name, module kind, shapes)
     hooks = []
@@ -91,9 +88,9 @@ def count(net: nn.Module, T: int, frame_size, in_channels: int = 2) -> list[Laye
         return fn
 
     for name, m in net.named_modules():
-        if getattr(m, "spiking", False):
+        if isinstance(m, SpikingNeuron):
             hooks.append(m.register_forward_hook(hook(name, "spiking")))
-        elif _is_asa(m):
+        elif isinstance(m, ASA):
             hooks.append(m.register_forward_hook(hook(name, "asa")))
         elif isinstance(m, (nn.Conv2d, nn.Linear)) and not inside_asa(name):
             hooks.append(m.register_forward_hook(hook(name, "synapse")))

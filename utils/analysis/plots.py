@@ -8,7 +8,7 @@ each of the first --samples test recordings, from the dataset in the checkpoint'
 each net; forward hooks on the spiking layers record their input current, from which the membrane
 potential right before the spike decision is rebuilt with the layer's own equations:
 
-    LIF (arch A/D, models/module/LIF.py):   u[t] = h[t-1] + I[t], spike when u >= Vth = 0.3
+    LIF (arch A/D, models/module/lif.py):   u[t] = h[t-1] + I[t], spike when u >= Vth = 0.3
     PLIF / LIFNode (arch B/C, sew18):        H[t] = V[t-1] + (I[t] - V[t-1]) * k, spike when H >= 1
 
 Two PNGs are written (seaborn):
@@ -29,6 +29,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from models.module import spiking_layers
+
 MAX_LAYERS = 8                 # deeper nets: evenly spaced layers, first and last included
 MAX_VALUES = 200_000           # histogram subsample per panel
 
@@ -36,15 +38,12 @@ MAX_VALUES = 200_000           # histogram subsample per panel
 def membrane_and_threshold(module, current: torch.Tensor):
     """(membrane potential [N, T, ...] before the spike decision, threshold) of a spiking layer:
     the neuron's own definition replayed on its input current."""
-    if not hasattr(module, "membrane_potential"):
-        raise TypeError(f"no membrane equations known for {type(module).__name__}")
     return module.membrane_potential(current.detach())
 
 
 @torch.no_grad()
 def record(net, x: torch.Tensor) -> dict:
     """{spiking layer name: dict(u=membrane [N,T,...], spikes=[N,T,...], vth=float)} for input x."""
-    from utils.run.metrics import spiking_layers
     rec, hooks = {}, []
     for name, m in spiking_layers(net):
         def hook(module, inputs, output, name=name):

@@ -27,7 +27,7 @@ import re
 import numpy as np
 import torch
 
-from models import load_pretrained
+from models import ARCHITECTURES, architecture, load_pretrained
 from utils.errors import UserError
 from utils.files import atomic_write, check_regular_file
 
@@ -145,6 +145,7 @@ def _show(key: str, v) -> str:
 
 def check_compatible(ckpt_config: dict, args, flag: str, path: str) -> None:
     """Refuse a checkpoint whose architecture-defining settings differ from this run's."""
+    fixed = architecture(args.arch).fixed_asa if getattr(args, "arch", None) in ARCHITECTURES else {}
     for key in ARCH_KEYS + ("frame_size",):
         if key not in ckpt_config:
             continue
@@ -152,8 +153,8 @@ def check_compatible(ckpt_config: dict, args, flag: str, path: str) -> None:
         if key == "frame_size":
             have = tuple(have) if have is not None else None
             want = tuple(want) if want is not None else None
-        if key == "reduction" and getattr(args, "arch", None) in ("B", "C"):
-            continue                                   # B/C always build ASA with reduction 1
+        if key in fixed:
+            continue                                   # the network never reads this flag
         if have != want and not (isinstance(have, float) and isinstance(want, float) and abs(have - want) < 1e-12):
             if key == "frame_size":
                 raise UserError(f"{flag} {path}: checkpoint has frames {_show(key, have)}, this run "

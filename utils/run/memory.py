@@ -1,51 +1,64 @@
 """A start-up estimate of the memory a run needs, so that a run that cannot fit is refused at once
 with its figure instead of growing until the machine swaps or the kernel kills it.
 
-The estimate is a lower bound computed from the flags alone (no allocation): one float32 tensor per
-conv layer output kept for the backward pass of a training step, plus the input frames, for the
-batch (-batch_size_train samples x -T steps); the input and the largest conv output for a test
-forward pass (-batch_size_test x -clip windows); plus ASA's temporal fc weights, which grow as T^2 (weights, gradients and Adam's two
-moments). A real step holds more: for the gesture preset (arch A, T 60, batch 32, 32x32 frames)
-this gives 1.66 GiB, where bench/README.md measures a training step's peak RSS of 2.1-2.8 GiB (fused
-backend; the eager one and arch B need several times more), so a refusal is safe to trust. ``-skip_memory_check`` starts anyway.
+The estimate is a lower bound read off the network itself, built on the meta device (no memory
+is allocated, so it is safe also for absurd settings): one float32 tensor per conv layer output
+kept for the backward pass of a training step, plus the input frames, for the batch
+(-batch_size_train samples x -T steps); the input and the largest conv output for a test forward
+pass (-batch_size_test x -clip windows); plus every parameter four times (weights, gradients and
+Adam's two moments; ASA's temporal fc grows as T^2). A new architecture needs nothing here. A real
+step holds more: for the gesture preset (arch A, T 60, batch 32, 32x32 frames) this gives
+1.69 GiB, where bench/README.md measures a training step's peak RSS of 2.1-2.8 GiB (fused backend;
+the eager one and arch B need several times more), so a refusal is safe to trust.
+``-skip_memory_check`` starts anyway.
 """
 from __future__ import annotations
 
-import math
+import copy
 
+import torch
+from torch import nn
+
+from models import create_net
 from utils.errors import UserError
 
-# conv layer outputs of each architecture: (channels, spatial stride of the output w.r.t. the frame)
-LAYERS = {
-    "A": [(64, 1), (128, 1), (128, 2)],
-    "D": [(32, 1), (32, 1), (32, 2)],
-    "B": [(128, 1), (128, 2), (128, 4), (128, 8), (128, 16)],
-    "C": [(64, 1), (128, 2), (128, 4), (128, 8), (128, 16)],
-    "sew18": [(64, 2)] + [(64, 4)] * 4 + [(128, 8)] * 4 + [(256, 16)] * 4 + [(512, 32)] * 4,
-}
-DEFAULT_LAYERS = [(128, 1)]       # an architecture not listed: one full-size 128-channel layer
+
+def conv_output_values(args) -> list[int]:
+    """Values of each conv layer's output for one input frame of ``args.frame_size``, in forward
+    order: one frame through the network built on the meta device. The shapes do not depend on T
+    or on ASA (it keeps its input's shape), so the pass uses T = 1 without attention, which any
+    T builds in no time."""
+    shape_args = copy.copy(args)
+    shape_args.T, shape_args.attention, shape_args.backend = 1, "no", "eager"
+    with torch.device("meta"):
+        net = create_net(shape_args).eval()
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel()))
+             for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.empty(1, 1, 2, *args.frame_size, device="meta"))
+    for h in hooks:
+        h.remove()
+    return sizes
 
 
-def per_frame_values(arch: str, frame_size) -> tuple[int, int]:
-    """(values of every conv output of one frame summed, the largest one) for ``arch``."""
-    X, Y = frame_size
-    sizes = [c * math.ceil(X / s) * math.ceil(Y / s) for c, s in LAYERS.get(arch, DEFAULT_LAYERS)]
-    return sum(sizes), max(sizes)
+def parameter_values(args) -> int:
+    """Number of parameter values of the network ``args`` describes (built on the meta device)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_net(args).parameters())
 
 
 def estimate_bytes(args, batch_train: int) -> int:
-    """Lower bound of the bytes of one training step or test pass, whichever is larger (module doc)."""
+    """Lower bound of the bytes of one training step or test pass, whichever is larger (module
+    doc), plus the parameters. ValueError when the network cannot be built for these settings."""
     X, Y = args.frame_size
     frame_in = 2 * X * Y
-    total, largest = per_frame_values(args.arch, args.frame_size)
+    convs = conv_output_values(args)
+    total, largest = sum(convs), max(convs, default=0)
     train = 0 if args.eval_only else 4 * batch_train * args.T * (frame_in + total)
     test = 4 * args.batch_size_test * args.clip * args.T * (frame_in + largest)
-    asa = 0
-    if args.attention == "ASA":
-        hidden = args.T if args.arch in ("B", "C") else max(1, args.T // args.reduction)
-        layers = len(LAYERS.get(args.arch, DEFAULT_LAYERS))
-        asa = layers * 2 * args.T * hidden * 4 * (1 if args.eval_only else 4)
-    return max(train, test) + asa
+    params = parameter_values(args) * 4 * (1 if args.eval_only else 4)
+    return max(train, test) + params
 
 
 def available_bytes(device) -> int | None:
@@ -75,8 +88,14 @@ def check_memory(args, device, world_size: int = 1) -> None:
     batch = args.batch_size_train
     if device.type == "cuda":                 # each process its own GPU and its part of the batch
         batch = -(-batch // world_size)
-    need, have = estimate_bytes(args, batch), available_bytes(device)
-    if have is None or need <= have:
+    have = available_bytes(device)
+    if have is None:
+        return
+    try:
+        need = estimate_bytes(args, batch)
+    except ValueError:                  # settings the network cannot take: building it says why
+        return
+    if need <= have:
         return
     X, Y = args.frame_size
     sensor = ("; the sensor size was read from the data's largest x and y: check them or pass "

@@ -1,7 +1,7 @@
 """Clip vote, per-layer firing rates and NASFR (docs/reference.md, "Windows, frames and clips" and "NASFR").
 
 Firing rates are accumulated by forward hooks during the ordinary test pass: every module with
-``spiking = True`` returns spikes [N, T, ...]; the hook adds its spike count per time step. Nothing is
+spiking layer (models/module/neuron.py, ``SpikingNeuron``) returns spikes [N, T, ...]; the hook adds its spike count per time step. Nothing is
 written per batch and no second pass is needed.
 
     r_l   = total spikes of layer l / (T * n_l * number of clip-samples)
@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import torch
 
-
-def spiking_layers(net) -> list[tuple[str, torch.nn.Module]]:
-    """(name, module) of every spiking layer, in forward order (conv layers first, output last)."""
-    return [(n, m) for n, m in net.named_modules() if getattr(m, "spiking", False)]
+from models.module.neuron import spiking_layers
 
 
 class SpikeMonitor:
@@ -23,7 +20,7 @@ class SpikeMonitor:
     def __init__(self, net):
         self.layers = spiking_layers(net)
         if not self.layers:
-            raise ValueError("the network has no spiking layer (no module with spiking = True)")
+            raise ValueError("the network has no spiking layer (no SpikingNeuron module)")
         self.handles = [m.register_forward_hook(self._hook(i)) for i, (_, m) in enumerate(self.layers)]
         self.active = False
         self.reset()

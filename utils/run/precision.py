@@ -33,7 +33,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from models.module.Attn import ASA
+from models.module import ASA, SpikingNeuron
 
 LOW = (torch.float16, torch.bfloat16)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -105,7 +105,7 @@ def fp32_modules(net: nn.Module) -> dict[str, list[str]]:
     named = list(net.named_modules())
     return {"first layer": _layers(named, nn.Conv2d)[:1], "output layer": _layers(named, nn.Linear)[-1:],
             "ASA": [n for n, m in named if isinstance(m, ASA)],
-            "neurons": [n for n, m in named if getattr(m, "spiking", False)]}
+            "neurons": [n for n, m in named if isinstance(m, SpikingNeuron)]}
 
 
 def _inside(name: str, named, cls) -> bool:
@@ -247,7 +247,7 @@ def observe(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) ->
     ctx = autocast(device, amp, net)          # gives the network its float32 regions first
     seen, handles = {}, []
     for n, m in net.named_modules():
-        if isinstance(m, ASA) or getattr(m, "spiking", False):
+        if isinstance(m, (ASA, SpikingNeuron)):
             handles.append(m.register_forward_pre_hook(
                 lambda mod, a, n=n: seen.__setitem__(n, _name(a[0].dtype))))
         elif isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):

@@ -21,8 +21,8 @@ from torch import nn
 
 from utils.compat import import_spikingjelly
 
-from ..fused import check_backend
 from ..fused.decay_input import DecayInputLIFFunction
+from .neuron import SpikingNeuron
 
 surrogate = import_spikingjelly("clock_driven.surrogate")
 
@@ -43,16 +43,13 @@ def decay_input_eager(x: torch.Tensor, k: torch.Tensor, vth: float = 1.0, alpha:
     return torch.stack(spikes, dim=1)
 
 
-class DecayInputNode(nn.Module):
+class DecayInputNode(SpikingNeuron):
     """Multi-step layer: ``[N, T, ...]`` input -> ``[N, T, ...]`` spikes, stateless per call.
     Subclasses define the charge factor k."""
 
-    spiking = True
-
     def __init__(self, v_threshold: float = 1.0, alpha: float = 2.0, backend: str = "fused"):
-        super().__init__()
+        super().__init__(backend)
         self.v_threshold, self.alpha = v_threshold, alpha
-        self.backend = check_backend(backend)
 
     def charge_factor(self, like: torch.Tensor) -> torch.Tensor:
         """The 0-dim charge factor k on ``like``'s device and dtype."""

@@ -16,10 +16,9 @@ is not detached, so the gradient also flows through ``s[t]`` inside ``r[t]``.
 models/fused/lif.py: the same spikes and gradients as one autograd node.
 """
 import torch
-from torch import nn
 
-from ..fused import check_backend
 from ..fused.lif import LIFFunction
+from .neuron import SpikingNeuron
 
 
 class RectSpike(torch.autograd.Function):
@@ -63,7 +62,7 @@ def state_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-class LIF(nn.Module):
+class LIF(SpikingNeuron):
     """Multi-step LIF layer: ``[N, T, ...]`` input current -> ``[N, T, ...]`` spikes.
 
     Stateless across calls (the membrane starts at 0 on every forward). ``backend``: "fused"
@@ -71,15 +70,12 @@ class LIF(nn.Module):
     bfloat16 inputs are integrated in float32; spikes come back in the input dtype.
     """
 
-    spiking = True
-
     def __init__(self, vth: float = 0.3, decay: float = 0.3, beta: float = 0.0,
                  vreset: float = 0.0, lens: float = 0.25, backend: str = "fused"):
-        super().__init__()
+        super().__init__(backend)
         if lens <= 0:
             raise ValueError(f"LIF: lens must be > 0, got {lens}")
         self.vth, self.decay, self.beta, self.vreset, self.lens = vth, decay, beta, vreset, lens
-        self.backend = check_backend(backend)
 
     def extra_repr(self) -> str:
         return (f"vth={self.vth}, decay={self.decay}, beta={self.beta}, vreset={self.vreset}, "
