@@ -32,6 +32,7 @@ from utils.errors import UserError
 
 from .files import check_bounds, natural_key, set_geometry
 from .frame_dataset import train_test_sets
+from .framing import FROM_ZERO_UNLESS_SHORT
 from .readers import decode_davis, decode_dvs128, detect_aedat2_layout, read_aedat2
 
 CLASSES = ["climb", "stand", "jump", "fall", "sit", "get up", "walk", "run", "lift", "lie",
@@ -119,7 +120,7 @@ def build(args):
     set_geometry(args, None, sensor)
     load = ActionLoader(mode, sensor)
     load(train_items[0])
-    return train_test_sets(args, sensor, (train_items, load), (test_items, load), "action")
+    return train_test_sets(args, sensor, (train_items, load), (test_items, load), FROM_ZERO_UNLESS_SHORT)
 
 
 # ---------------------------------------------------------------------------------------------

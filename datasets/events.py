@@ -20,6 +20,7 @@ from utils.errors import UserError
 
 from .files import check_bounds, labelled_files, read_npz_events, set_geometry, split_dirs
 from .frame_dataset import train_test_sets
+from .framing import FROM_FIRST
 
 LAYOUT = "DIR/train/<class>/*.npz and DIR/test/<class>/*.npz with arrays t, x, y, p"
 
@@ -72,8 +73,8 @@ def build(args):
     set_geometry(args, len(classes), sensor)
     load = NpzLoader(sensor)
     load(train_items[0])
-    # "recognition" policy: without -is_train_Enhanced a window starts at the first event, so
-    # recordings with absolute timestamps do not give empty windows
-    train, test = train_test_sets(args, sensor, (train_items, load), (test_items, load), "recognition")
+    # without -is_train_Enhanced a window starts at the first event, so recordings with absolute
+    # timestamps do not give empty windows
+    train, test = train_test_sets(args, sensor, (train_items, load), (test_items, load), FROM_FIRST)
     train.classes = test.classes = classes
     return train, test

@@ -14,12 +14,13 @@ from torch.utils.data import Dataset
 
 from utils.errors import UserError
 
-from .framing import count_frames, postprocess, test_clip_frames, train_window_start, window_frames
+from .framing import (FROM_ZERO, WindowPolicy, count_frames, postprocess, test_clip_frames, train_window_start,
+                      window_frames)
 
 
 class EventFrameDataset(Dataset):
     def __init__(self, items, load, *, train: bool, T: int, dt_us: int, ds: int, sensor_size,
-                 clip: int = 1, augment: bool = True, window_policy: str = "gesture",
+                 clip: int = 1, augment: bool = True, window_policy: WindowPolicy = FROM_ZERO,
                  is_spike: bool = False, interval_scaling: bool = False, empty_window: str = "zeros",
                  uint32_clips: bool = False, event_transform=None, seed: int = 0,
                  num_classes: int | None = None):
@@ -83,7 +84,7 @@ def sample_name(item) -> str:
     return f"sample {item!r}"
 
 
-def train_test_sets(args, sensor_size, train, test, window_policy: str, event_transform=None,
+def train_test_sets(args, sensor_size, train, test, window_policy: WindowPolicy, event_transform=None,
                     interval_scaling: bool | None = None, uint32_clips: bool = False):
     """The (train_set, test_set) pair every dataset's build(args) returns.
 

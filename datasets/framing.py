@@ -100,38 +100,54 @@ def window_frames(ev: Events, start: int, T: int, dt: int, sensor_size, ds: int)
     return count_frames(ev.select(slice(lo, hi)), T, dt, sensor_size, ds)
 
 
-def train_window_start(ev: Events, window: int, rng: np.random.Generator | None, augment: bool,
-                       policy: str = "gesture") -> int:
-    """Start time of a training window of length ``window`` us (RCS, "random consecutive slice").
+@dataclass(frozen=True)
+class WindowPolicy:
+    """How a training window's start is chosen (RCS, "random consecutive slice"), for a recording
+    whose events run from t_first to t_last and a window of ``window`` us.
 
-    policy "gesture" (also action, recognition, nmnist, synthetic, events): with augmentation a start
-    drawn uniformly from [t_first, t_last - window) (upper bound excluded, like numpy's randint);
-    without it absolute time 0.  policy "gait": bound included (Python's randint); without
-    augmentation the first event.  policy "action": as gesture, but a sample shorter than the window
-    starts at its first event.  policy "recognition" (this project's fix for the action-recognition
-    reader): as gesture, but without augmentation the first event (its timestamps are absolute).
-    policy "last": the reference recognition reader's bug, every window starts at the last event
-    (so training frames are nearly empty).  A recording no longer than the window always starts at
-    its first event, where the reference's randint would crash on an empty range.
-    """
+    With augmentation (-is_train_Enhanced) the start is drawn uniformly from [t_first, t_last -
+    window), or from [t_first, t_last - window] when ``end_included`` (Python's randint where the
+    reference used it, numpy's otherwise). Without augmentation it is ``unaugmented``: "zero"
+    (absolute time 0), "first" (the first event) or "zero_unless_short" (time 0, but the first event
+    for a recording shorter than the window). A recording no longer than the window always starts
+    at its first event when augmenting, where the reference's randint would crash on an empty
+    range. ``at_last_event``: every window starts at the last event, whatever else is set."""
+    unaugmented: str = "zero"
+    end_included: bool = False
+    at_last_event: bool = False
+
+    def __post_init__(self):
+        if self.unaugmented not in ("zero", "first", "zero_unless_short"):
+            raise ValueError(f"WindowPolicy.unaugmented: 'zero', 'first' or 'zero_unless_short', "
+                             f"got {self.unaugmented!r}")
+
+
+# The policies the readers use (docs/reference.md, "Windows, frames and clips"):
+FROM_ZERO = WindowPolicy()                                        # DVS128 Gesture (both readers)
+FROM_ZERO_UNLESS_SHORT = WindowPolicy("zero_unless_short")        # DailyAction-DVS
+FROM_FIRST_END_INCLUDED = WindowPolicy("first", end_included=True)  # DVS128 Gait, the synthetic set
+FROM_FIRST = WindowPolicy("first")       # absolute timestamps: recognition (this project's fix),
+                                         # N-MNIST, HAR-DVS, your own folders
+AT_LAST_EVENT = WindowPolicy(at_last_event=True)   # the reference recognition reader's bug: the
+                                                   # training frames are nearly empty
+
+
+def train_window_start(ev: Events, window: int, rng: np.random.Generator | None, augment: bool,
+                       policy: WindowPolicy = FROM_ZERO) -> int:
+    """Start time of a training window of length ``window`` us under ``policy`` (WindowPolicy)."""
     if len(ev) == 0:
         return 0
     first, last = int(ev.t[0]), int(ev.t[-1])
-    if policy == "last":
+    if policy.at_last_event:
         return last
-    if policy == "recognition":
-        if not augment or last - window <= first:
-            return first
-        return int(rng.integers(first, last - window))
-    short = last - window <= first
-    if policy == "action" and last - first < window:
-        return first
     if not augment:
-        return first if policy == "gait" else 0
-    if short:
+        if policy.unaugmented == "first" or (policy.unaugmented == "zero_unless_short"
+                                             and last - first < window):
+            return first
+        return 0
+    if last - window <= first:
         return first
-    high = last - window + (1 if policy == "gait" else 0)
-    return int(rng.integers(first, high))
+    return int(rng.integers(first, last - window + int(policy.end_included)))
 
 
 def clip_starts(L: int, clip: int, window: int, uint32: bool = False) -> np.ndarray:

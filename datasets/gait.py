@@ -32,7 +32,7 @@ from utils.errors import UserError
 from .files import (check_bounds, class_folders, events_npz_bytes, load_npy, natural_key, out_folder,
                     read_npz_events, split_dirs)
 from .frame_dataset import train_test_sets
-from .framing import Events, make_events
+from .framing import FROM_FIRST_END_INCLUDED, Events, make_events
 
 SENSOR = (128, 128)
 NUM_CLASSES = 20
@@ -221,7 +221,7 @@ def build(args):
     load(train_items[0])
     mode = getattr(args, "gait_eventdrop", "reference")
     drop = None if mode == "off" else EventDrop(mode, SENSOR, args.ds)
-    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), "gait",
+    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), FROM_FIRST_END_INCLUDED,
                            event_transform=drop, interval_scaling=False)   # the reference gait reader ignores it
 
 

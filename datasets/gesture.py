@@ -23,7 +23,7 @@ from utils.errors import UserError
 
 from .files import check_bounds, check_regular_file, events_from_columns, out_folder, release_member
 from .frame_dataset import train_test_sets
-from .framing import Events
+from .framing import FROM_ZERO, Events
 from .readers import read_aedat31, read_gesture_labels
 
 SENSOR = (128, 128)
@@ -76,7 +76,7 @@ def build(args):
     train_files, test_files = list_split(args.data_path, "train"), list_split(args.data_path, "test")
     read_sample(train_files[0])     # fail at start, with the file's name, if the layout is wrong
     uint32 = getattr(args, "gesture_clip_times", "signed") == "uint32"
-    return train_test_sets(args, SENSOR, (train_files, read_sample), (test_files, read_sample), "gesture",
+    return train_test_sets(args, SENSOR, (train_files, read_sample), (test_files, read_sample), FROM_ZERO,
                            uint32_clips=uint32)
 
 

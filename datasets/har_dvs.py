@@ -21,6 +21,7 @@ from utils.errors import UserError
 
 from .files import check_bounds, file_bytes, find_dir, out_folder, read_npz_events
 from .frame_dataset import train_test_sets
+from .framing import FROM_FIRST
 
 SENSOR = (346, 260)
 NUM_CLASSES = 300
@@ -72,7 +73,7 @@ def build(args):
     train_items = read_list(args.data_path, "train_label.txt", base)
     test_items = read_list(args.data_path, f"{test_list}_label.txt", base)
     load(train_items[0])
-    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), "recognition")
+    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), FROM_FIRST)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from utils.errors import UserError
 
 from .files import check_bounds, class_folders, file_bytes, labelled_files, out_folder, split_dirs
 from .frame_dataset import train_test_sets
+from .framing import FROM_FIRST
 from .readers import read_nmnist_bin
 
 SENSOR = (34, 34)
@@ -43,7 +44,7 @@ def build(args):
     """(train_set, test_set) for -dataset nmnist."""
     train_items, test_items = items(args.data_path)
     load(train_items[0])
-    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), "recognition")
+    return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), FROM_FIRST)
 
 
 # ---------------------------------------------------------------------------------------------

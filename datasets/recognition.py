@@ -24,7 +24,7 @@ from utils.errors import UserError
 from .files import (check_bounds, class_folders, events_from_columns, find_dir, load_npy, npy_bytes,
                     out_folder, split_dirs)
 from .frame_dataset import train_test_sets
-from .framing import Events
+from .framing import AT_LAST_EVENT, FROM_FIRST, Events
 from .readers import decode_davis, read_aedat2
 
 CLASSES = ["arm crossing", "turning around", "walking", "picking up", "throwing", "get-up",
@@ -73,7 +73,7 @@ def build(args):
     train_dir, test_dir = split_dirs(args.data_path, LAYOUT)
     train_items, test_items = items_of(train_dir), items_of(test_dir)
     load(train_items[0])
-    policy = "last" if getattr(args, "recognition_window", "first") == "last" else "recognition"
+    policy = AT_LAST_EVENT if getattr(args, "recognition_window", "first") == "last" else FROM_FIRST
     return train_test_sets(args, SENSOR, (train_items, load), (test_items, load), policy)
 
 

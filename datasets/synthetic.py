@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .frame_dataset import train_test_sets
-from .framing import Events, make_events
+from .framing import FROM_FIRST_END_INCLUDED, Events, make_events
 
 SENSOR = (128, 128)
 NUM_CLASSES = 10
@@ -145,7 +145,8 @@ class SyntheticRecordings:
 
 def build(args):
     """(train_set, test_set) for -dataset synthetic."""
-    # "gait" policy: without -is_train_Enhanced a window starts at the first event
+    # without -is_train_Enhanced a window starts at the first event
     return train_test_sets(args, SENSOR,
                            (range(args.synthetic_train), SyntheticRecordings("train", args.synthetic_train)),
-                           (range(args.synthetic_test), SyntheticRecordings("test", args.synthetic_test)), "gait")
+                           (range(args.synthetic_test), SyntheticRecordings("test", args.synthetic_test)),
+                           FROM_FIRST_END_INCLUDED)

@@ -7,8 +7,9 @@ import pytest
 from conftest import DATA
 from datasets import create_dataset
 from datasets.frame_dataset import EventFrameDataset
-from datasets.framing import (clip_starts, count_frames, frame_bins, make_events, postprocess,
-                              test_clip_frames, train_window_start, window_frames)
+from datasets.framing import (AT_LAST_EVENT, FROM_FIRST, FROM_FIRST_END_INCLUDED, FROM_ZERO,
+                              FROM_ZERO_UNLESS_SHORT, WindowPolicy, clip_starts, count_frames, frame_bins,
+                              make_events, postprocess, test_clip_frames, train_window_start, window_frames)
 from datasets.gesture import read_sample
 from utils.errors import UserError
 
@@ -71,17 +72,28 @@ def test_clip_starts_gap_branch_by_hand():
 def test_train_window_policies():
     ev = make_events(t=[100, 200, 5000], p=[0, 0, 0], x=[0, 0, 0], y=[0, 0, 0])
     rng = np.random.default_rng(0)
-    starts = {train_window_start(ev, 1000, rng, True, "gesture") for _ in range(300)}
+    starts = {train_window_start(ev, 1000, rng, True, FROM_ZERO) for _ in range(300)}
     assert min(starts) >= 100 and max(starts) < 4000
-    assert train_window_start(ev, 1000, rng, False, "gesture") == 0
-    assert train_window_start(ev, 1000, rng, False, "gait") == 100
-    assert train_window_start(ev, 10_000, rng, True, "gesture") == 100    # longer than the sample
+    # the end included (Python's randint): t_last - window = 103 is drawn too
+    assert {train_window_start(ev, 4897, rng, True, FROM_FIRST_END_INCLUDED) for _ in range(200)} \
+        == {100, 101, 102, 103}
+    assert {train_window_start(ev, 4897, rng, True, FROM_ZERO) for _ in range(200)} == {100, 101, 102}
+    assert train_window_start(ev, 1000, rng, False, FROM_ZERO) == 0
+    assert train_window_start(ev, 1000, rng, False, FROM_FIRST_END_INCLUDED) == 100
+    assert train_window_start(ev, 1000, rng, False, FROM_FIRST) == 100
+    assert train_window_start(ev, 1000, rng, False, FROM_ZERO_UNLESS_SHORT) == 0
+    assert train_window_start(ev, 4901, rng, False, FROM_ZERO_UNLESS_SHORT) == 100   # shorter than it
+    assert train_window_start(ev, 10_000, rng, True, FROM_ZERO) == 100    # longer than the sample
+    assert train_window_start(ev, 1000, rng, True, AT_LAST_EVENT) == 5000
+    assert train_window_start(ev, 1000, rng, False, AT_LAST_EVENT) == 5000
     # exactly one window long: the reference's randint(100, 100) has an empty range and crashes
     # (numpy's for gesture; DailyAction swallows the error and then uses an unset start); gait's
     # Python randint(100, 100) returns 100, which every policy here gives
     one = make_events(t=[100, 1100], p=[0, 0], x=[0, 0], y=[0, 0])
-    for policy in ("gesture", "action", "gait"):
+    for policy in (FROM_ZERO, FROM_ZERO_UNLESS_SHORT, FROM_FIRST_END_INCLUDED, FROM_FIRST):
         assert train_window_start(one, 1000, rng, True, policy) == 100
+    with pytest.raises(ValueError, match="unaugmented"):
+        WindowPolicy("gesture")
 
 
 def test_unsorted_events_are_sorted_stably():
@@ -203,5 +215,5 @@ def test_timestamps_that_go_backwards_are_sorted_and_flagged():
     assert ev.t.tolist() == [0, 500, 1000, 2000, 3000] and ev.x.tolist() == [3, 0, 0, 1, 2]
     assert ev.first_backwards == 3
     assert make_events(t=[1, 1, 2], p=[0] * 3, x=[0] * 3, y=[0] * 3).first_backwards == -1
-    f = window_frames(ev, train_window_start(ev, 2000, None, False, "gait"), 2, 1000, (4, 1), 1)
+    f = window_frames(ev, train_window_start(ev, 2000, None, False, FROM_FIRST_END_INCLUDED), 2, 1000, (4, 1), 1)
     assert f[0, 1, :, 0].tolist() == [1, 0, 0, 1] and f[1, 1, :, 0].tolist() == [1, 0, 0, 0]
