@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets import DATASETS, create_dataset
-from datasets.framing import frame_shape, make_events
+from datasets.framing import FROM_FIRST_END_INCLUDED, frame_shape, make_events
 from datasets.gait import EventDrop, map_person_ids
 from event_writers import (davis_address, dvs128_address, random_events, write_aedat2, write_npz,
                            write_nmnist)
@@ -328,7 +328,7 @@ def test_event_drop_random_drop_order():
     from datasets.frame_dataset import train_test_sets
     from datasets.framing import count_frames
     train, _ = train_test_sets(args, (128, 128), ([0], lambda _: (ev, 0)), ([0], lambda _: (ev, 0)),
-                               "gait", event_transform=EventDrop("reference", ds=4))
+                               FROM_FIRST_END_INCLUDED, event_transform=EventDrop("reference", ds=4))
     x, _ = train[0]
     rng = np.random.default_rng([4, 0, 0])
     start = int(rng.integers(int(t[0]), int(t[-1]) - 30_000 + 1))
