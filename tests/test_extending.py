@@ -1,0 +1,78 @@
+"""The newcomer tasks of docs/architecture.md, done inside a test with no other file changed: a toy
+architecture registered here trains and evaluates through train_test.py's own entry point, gets a
+start-up memory estimate and an energy figure."""
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+from torch import nn
+
+import train_test
+from models import ARCHITECTURES, register
+from models.module import LIF, make_attention
+from utils.analysis import energy
+from utils.run.memory import estimate_bytes
+
+SMALL = ["-dataset", "synthetic", "-synthetic_train", "16", "-synthetic_test", "8", "-T", "4",
+         "-reduction", "2", "-batch_size_train", "8", "-batch_size_test", "4", "-clip", "1",
+         "-num_work", "0", "-seed", "1", "-num_epochs", "2"]
+
+
+class Toy(nn.Module):
+    """conv 2->4 (3x3) -> BN -> ASA -> LIF -> flatten -> Linear -> LIF; logits = mean over T."""
+
+    def __init__(self, args):
+        super().__init__()
+        X, Y = args.frame_size
+        self.conv, self.bn = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.attn = make_attention(args.attention, args.T, 4, args.reduction, args.lam, args.asa_mask,
+                                   args.backend)
+        self.sn1 = LIF(backend=args.backend)
+        self.fc = nn.Linear(4 * X * Y, args.num_classes)
+        self.sn2 = LIF(vth=0.05, backend=args.backend)
+
+    def forward(self, x):
+        n, t = x.shape[:2]
+        y = self.bn(self.conv(x.flatten(0, 1))).unflatten(0, (n, t))
+        return self.sn2(self.fc(self.sn1(self.attn(y)).flatten(2))).mean(1)
+
+
+@pytest.fixture
+def toy():
+    register("toy", "a test's toy network")(Toy)
+    yield "toy"
+    ARCHITECTURES.pop("toy")
+
+
+@pytest.mark.parametrize("attention", ["ASA", "no"])
+def test_a_registered_architecture_trains_evaluates_and_is_counted(toy, tmp_path, attention, capsys):
+    run = tmp_path / f"toy_{attention}"
+    assert train_test.main(SMALL + ["-arch", toy, "-attention", attention, "-modelPath", str(tmp_path),
+                                    "-name", run.name]) == 0
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert set(rows[0]) >= {"fr_sn1", "fr_sn2", "test_nasfr"}       # the spiking layers, found by type
+    assert json.loads((run / "config.json").read_text())["arch"] == toy
+
+    assert train_test.main(SMALL + ["-arch", toy, "-attention", attention, "-eval_only", "-pretrained_path",
+                                    str(run / "best.pth"), "-modelPath", str(tmp_path), "-name", "eval"]) == 0
+    assert 0 <= json.loads((tmp_path / "eval" / "eval.json").read_text())["test_acc"] <= 100
+
+    # the memory estimate reads the toy's conv output and parameters off the network itself
+    args = json.loads((run / "config.json").read_text())
+    ns = SimpleNamespace(**{**args, "frame_size": tuple(args["frame_size"]), "eval_only": False})
+    X, Y = ns.frame_size
+    params = sum(p.numel() for p in Toy(ns).parameters())
+    train = 4 * 8 * ns.T * (2 * X * Y + 4 * X * Y)         # bytes: input frames + the conv output
+    test = 4 * 4 * 1 * ns.T * (2 * X * Y + 4 * X * Y)
+    assert estimate_bytes(ns, 8) == max(train, test) + 16 * params
+
+    capsys.readouterr()
+    assert energy.main([str(run / "best.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "conv" in out and "fc" in out and "total" in out
+    rep = energy.checkpoint_energy(str(run / "best.pth"))
+    assert [l["name"] for l in rep["layers"]][:1] == ["conv"] and rep["total_uJ"] > 0
+    assert ("attn" in [l["name"] for l in rep["layers"]]) == (attention == "ASA")
