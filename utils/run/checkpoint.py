@@ -13,7 +13,7 @@
 - ``last.pth`` also holds what an exact resume needs: optimizer (Adam moments and step), GradScaler,
   epoch, best accuracy and epoch, the metrics.csv rows so far, and the random-number-generator states
   of every process (python, numpy, torch CPU, torch CUDA). The learning rate is a function of the
-  epoch (utils/engine.reference_lr), the sample order and the random training windows are functions
+  epoch (utils/run/engine.reference_lr), the sample order and the random training windows are functions
   of (seed, epoch[, index]), so these states are all the randomness there is.
 """
 from __future__ import annotations

@@ -75,7 +75,7 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
     ``on_step(b, loss)``, when given, receives each step's index and detached loss (TensorBoard).
 
     Several processes (DistributedDataParallel): ``plan`` lists per step (samples of this rank
-    that count, samples of the global batch) (utils/loaders.ShardedBatchSampler.plan). The rank's
+    that count, samples of the global batch) (utils/run/loaders.ShardedBatchSampler.plan). The rank's
     mean loss is weighted by world_size * counted / global, so DDP's gradient average equals the
     gradient of the mean loss over the global batch whatever the split; a stand-in sample
     (counted = 0) gets weight 0 and is left out of the sums. In a single process the weight is 1
