@@ -62,3 +62,28 @@ def test_every_path_named_in_comments_and_docs_exists():
                 if not PLACEHOLDER.search(m.group(1)) and not module_exists(m.group(1)):
                     missing.append(f"{f.relative_to(ROOT)}:{n}: {m.group(1)}")
     assert not missing, "paths that do not exist:\n" + "\n".join(missing)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_markdown_link_to_the_repository_resolves():
+    bad = []
+    for f in tracked_text_files():
+        if f.suffix != ".md":
+            continue
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"[a-z]+:", target):
+                    continue                                   # http:, https:, mailto:
+                path, _, anchor = target.partition("#")
+                dest = (f.parent / path).resolve() if path else f
+                if not dest.exists():
+                    bad.append(f"{f.relative_to(ROOT)}:{n}: {target} (no such file)")
+                elif anchor and dest.suffix == ".md":
+                    heads = {slug(h) for h in re.findall(r"^#+ (.*)$", dest.read_text(), re.M)}
+                    if anchor not in heads:
+                        bad.append(f"{f.relative_to(ROOT)}:{n}: {target} (no such heading)")
+    assert not bad, "broken links:\n" + "\n".join(bad)
