@@ -185,7 +185,8 @@ def read_npy_header(f, path: str, name: str = "", hint: str = PICKLE_HINT) -> tu
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise UserError(f"{where}: not a readable .npy header ({str(e).splitlines()[0][:160]})") from None
     if dtype.hasobject:
-        raise UserError(f"{where}: refused: it holds pickled Python objects (nothing in it was run); {hint}")
+        raise UserError(f"{path}: refused: it holds pickled Python objects{' (' + name + ')' if name else ''} "
+                        f"(nothing in it was run); {hint}")
     return shape, dtype, int(np.prod(shape, dtype=object)) * dtype.itemsize
 
 
