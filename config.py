@@ -213,7 +213,8 @@ def resume_run_dir(args, explicit) -> str:
 
 def resume_config(args, explicit, parser):
     """The configuration of the run to continue: its checkpoint's, with the free flags typed now."""
-    from utils.run.checkpoint import check_weights_fit, load_resume_checkpoint   # torch only when resuming
+    from utils.run.checkpoint import (check_same_run, check_weights_fit,     # torch only when resuming
+                                      load_resume_checkpoint)
 
     if args.eval_only:
         raise UserError("-resume continues training; it cannot be combined with -eval_only")
@@ -225,9 +226,10 @@ def resume_config(args, explicit, parser):
     path = os.path.join(run_dir, "last.pth")
     ckpt = None
     if os.path.isfile(path):
-        ckpt = load_resume_checkpoint(path, run_dir)
+        ckpt = load_resume_checkpoint(path)
         cfg = ckpt["config"]
         check_saved(cfg, f"-resume {path}")
+        check_same_run(ckpt, path, run_dir)
     else:
         cfg = unstarted_run_config(run_dir)
         path = None

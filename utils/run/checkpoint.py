@@ -286,16 +286,20 @@ def check_optimizer_fits(opt_state: Mapping, net, path: str, flag: str = "-resum
                                           f"its parameter {tuple(where[i].shape)}")
 
 
-def load_resume_checkpoint(path: str, run_dir: str) -> dict:
+def load_resume_checkpoint(path: str) -> dict:
     """A run folder's last.pth for -resume, loaded weights-only and checked before anything is
-    built from it: the format and every field (:func:`check_resume_fields`), and that it is this
-    folder's run (its architecture settings equal the folder's config.json: another run's last.pth
-    copied in is refused, not trained on)."""
+    built from it: the format and every field (:func:`check_resume_fields`)."""
     ckpt = load_checkpoint(path, "-resume")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config"), dict):
         raise UserError(f"-resume {path}: not a resumable checkpoint of this version (expected format "
                         f"{FORMAT} with optimizer and random-generator states)")
     check_resume_fields(ckpt, path)
+    return ckpt
+
+
+def check_same_run(ckpt: dict, path: str, run_dir: str) -> None:
+    """UserError naming both files when a last.pth's architecture settings differ from its run
+    folder's config.json: another run's checkpoint copied in is refused, not trained on."""
     cfg_path = os.path.join(run_dir, "config.json")
     try:
         with open(cfg_path, encoding="utf-8") as f:
@@ -305,7 +309,6 @@ def load_resume_checkpoint(path: str, run_dir: str) -> dict:
     if isinstance(folder_cfg, dict):
         check_compatible(ckpt["config"], SimpleNamespace(**folder_cfg), "-resume", path,
                          this=f"the run folder's {cfg_path}")
-    return ckpt
 
 
 def check_weights_fit(ckpt: dict, args, path: str, flag: str = "-resume") -> None:
