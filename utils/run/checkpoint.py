@@ -1,12 +1,15 @@
 """Checkpoints: atomic saves, safe loads, the training state needed for an exact resume.
 
-- Saving writes ``<path>.tmp``, fsyncs it and renames it over ``<path>`` (os.replace is atomic on
-  POSIX): a process killed at any moment leaves either the previous checkpoint or the new one, never
-  a torn file. A failed write (disk full, file too large, permission) removes the temporary file,
+- Saving writes a temporary file with an unpredictable name beside ``<path>``, fsyncs it and
+  renames it over ``<path>`` (utils/files.atomic_write; os.replace is atomic on POSIX): a process
+  killed at any moment leaves either the previous checkpoint or the new one, never a torn file. A failed write (disk full, file too large, permission) removes the temporary file,
   keeps the previous checkpoint and raises a UserError naming the file and the reason.
 - Loading always uses ``torch.load(weights_only=True)``: tensors, numbers, strings and containers
   only, so nothing in a file can execute code. A file that needs more (an arbitrary pickle) is
   refused with one line.
+- What a checkpoint holds is checked before it is used (the second half of this module): every
+  field an exact resume reads, finite weights and moments, the optimizer against the network, the
+  stored settings against the shapes of the weights and against the run folder's config.json.
 - Every checkpoint of this project carries its run configuration; ``check_compatible`` refuses a
   checkpoint of another architecture, T, class count, attention, reduction, lambda or frame size and
   names the flag ("checkpoint has -T 8, this run -T 60").
