@@ -82,12 +82,12 @@ def csv_rows(path: str) -> list[dict]:
             if v == "" and k not in NEEDED:
                 continue
             try:
-                x = float(v)
+                x = int(v) if k == "epoch" else float(v)
             except ValueError:
                 x = None
-            if x is None or not math.isfinite(x) or (k == "epoch" and (not x.is_integer() or x < 0)):
-                raise UserError(f"{path}: line {line}: {k} is {v[:40]!r}, expected a finite "
-                                f"{'epoch number' if k == 'epoch' else 'number'}")
+            if x is None or not math.isfinite(x) or x < 0 and k == "epoch":
+                raise UserError(f"{path}: line {line}: {k} is {v[:40]!r}, expected "
+                                f"{'a whole epoch number >= 0' if k == 'epoch' else 'a finite number'}")
     return rows
 
 
