@@ -150,6 +150,11 @@ def test_a_checkpoints_stored_settings_are_checked_before_anything_is_built(fini
         line = one_error(*cli(["-resume", run], capsys), culprit)
         assert f"-resume {run / 'last.pth'}" in line and time.time() - t0 < 30
         g.check()
+    from utils.analysis.energy import main as energy          # the analysis tools build it too
+    capsys.readouterr()
+    run = tmp_path / f"run{10**9}"
+    one_error(energy([str(run / "last.pth")]), capsys.readouterr().err,
+              f"{run / 'last.pth'}: its stored settings (-arch A, -T 1000000000, ...) describe another network")
 
 
 def test_a_zip_member_is_bounded_by_the_memory_available(tmp_path, monkeypatch):

@@ -24,7 +24,9 @@ def net_from_checkpoint(path: str, config: dict | None = None, flag: str = "chec
     import config as cli
     from models import create_net, load_pretrained
     from models.weights import state_dict_of
-    from utils.run.checkpoint import check_finite, load_checkpoint
+    from utils.files import check_declared_size
+    from utils.run.checkpoint import check_finite, check_weights_fit, load_checkpoint
+    from utils.run.memory import per_frame_values
     ckpt = load_checkpoint(path, flag)
     cfg = config or (ckpt.get("config") if isinstance(ckpt, dict) else None) or {}
     cli.check_saved(cfg, f"{flag} {path}" if config is None else "--config")
@@ -37,6 +39,10 @@ def net_from_checkpoint(path: str, config: dict | None = None, flag: str = "chec
         raise UserError(f"{flag} {path}: no usable configuration (needs {', '.join(need)}); pass "
                         f"--config config.json")
     args = cli.from_saved(cfg)
+    check_weights_fit(ckpt, args, path, flag)           # shapes only: nothing allocated yet
+    X, Y = args.frame_size
+    check_declared_size(4 * args.T * (2 * X * Y + per_frame_values(args.arch, args.frame_size)[0]), path,
+                        f"the network of its settings (-arch {args.arch}, -T {args.T}, frames {X}x{Y}) for one sample")
     net = create_net(args)
     try:
         load_pretrained(net, ckpt)

@@ -319,6 +319,8 @@ def check_weights_fit(ckpt: dict, args, path: str, flag: str = "-resume") -> Non
     device: shapes only, no memory, whatever T or channel count they claim) does not match the
     shapes of its weights: settings edited or forged apart from the tensors they describe."""
     from models import create_net, match_state
+    if not isinstance(ckpt, Mapping):
+        return                      # not a state dict: loading it names the file
     try:
         with torch.device("meta"):
             net = create_net(args)
