@@ -238,6 +238,9 @@ def test_atomic_writes_never_follow_a_link(tmp_path):
     assert victim.read_text() == "precious"
     assert not (folder / "config.json").is_symlink() and (folder / "config.json").read_text() == "{}"
     assert sorted(os.listdir(folder)) == ["config.json", "config.json.tmp"]   # no temporary file left
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (folder / "config.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 # ---- 5. a checkpoint's content is validated before use --------------------------------------

@@ -35,6 +35,7 @@ def atomic_write(path: str, data: bytes | str, what: str = "", then: str = "") -
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        os.fchmod(fd, 0o666 & ~_umask())          # mkstemp's 0600 would hide results from the group
         with open(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -47,6 +48,12 @@ def atomic_write(path: str, data: bytes | str, what: str = "", then: str = "") -
         if tmp is not None:       # after a failure or an interrupt; after the rename, nothing is there
             discard(tmp)
     fsync_dir(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _hint(e: OSError, then: str) -> str:

@@ -171,7 +171,7 @@ class MetricsCSV:
         self.rows: list[list[str]] = []
         if rows is not None:
             self.rewrite(rows)
-        elif not os.path.lexists(path) or os.path.getsize(path) == 0:
+        elif not os.path.lexists(path) or not os.path.islink(path) and os.path.getsize(path) == 0:
             self.rewrite([])
         else:                        # a file planted under this name is refused before any epoch
             os.close(open_in_run_folder(path, os.O_RDONLY, "metrics file"))
