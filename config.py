@@ -311,7 +311,7 @@ def check_saved(cfg, where: str) -> None:
             bad(key, f"one of {', '.join(map(str, a.choices))}")
         elif a.type is str2bool and not isinstance(v, bool):
             bad(key, "true or false")
-        elif a.type is int and a.nargs == 2 and not (isinstance(v, list) and len(v) == 2 and all(map(is_int, v))):
+        elif a.type is int and a.nargs == 2 and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(is_int, v))):
             bad(key, "two integers")
         elif a.type is int and a.nargs is None and not (is_int(v) and (key not in COUNTS or v >= 1)):
             bad(key, "an integer" + (" of at least 1" if key in COUNTS else ""))

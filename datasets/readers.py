@@ -20,7 +20,6 @@ import os
 import numpy as np
 
 from utils.errors import UserError
-
 from utils.files import check_declared_size
 
 from .files import check_regular_file
