@@ -214,7 +214,8 @@ def resume_run_dir(args, explicit) -> str:
 
 def resume_config(args, explicit, parser):
     """The configuration of the run to continue: its checkpoint's, with the free flags typed now."""
-    from utils.run.checkpoint import FORMAT, load_checkpoint     # torch only when resuming
+    from utils.run.checkpoint import (check_same_run, check_weights_fit,     # torch only when resuming
+                                      load_resume_checkpoint)
 
     if args.eval_only:
         raise UserError("-resume continues training; it cannot be combined with -eval_only")
@@ -224,13 +225,12 @@ def resume_config(args, explicit, parser):
     if not os.path.isdir(run_dir):
         raise UserError(f"-resume {run_dir}: no such run folder")
     path = os.path.join(run_dir, "last.pth")
+    ckpt = None
     if os.path.isfile(path):
-        ckpt = load_checkpoint(path, "-resume")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("config"), dict) \
-                or ckpt.get("rng") is None:
-            raise UserError(f"-resume {path}: not a resumable checkpoint of this version (expected format "
-                            f"{FORMAT} with optimizer and random-generator states)")
+        ckpt = load_resume_checkpoint(path)
         cfg = ckpt["config"]
+        check_saved(cfg, f"-resume {path}")
+        check_same_run(ckpt, path, run_dir)
     else:
         cfg = unstarted_run_config(run_dir)
         path = None
@@ -258,6 +258,8 @@ def resume_config(args, explicit, parser):
     args.resume = args.run_dir
     args.resume_checkpoint = path            # None: the run stopped before its first checkpoint
     args.modelPath, args.name = os.path.split(args.run_dir)
+    if ckpt is not None:
+        check_weights_fit(ckpt, args, path)
     return args
 
 
@@ -277,11 +279,51 @@ def unstarted_run_config(run_dir: str) -> dict:
             cfg = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"-resume {cfg_path}: not a readable config.json ({e})") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"-resume {cfg_path}: expected a JSON object of the run's settings")
+    check_saved(cfg, f"-resume {cfg_path}")
     if cfg.get("eval_only"):
         raise UserError(f"-resume {run_dir}: an -eval_only run (no training to continue)")
     return cfg
+
+
+# settings that count something: at least 1
+COUNTS = ("T", "ds", "clip", "batch_size_train", "batch_size_test", "num_epochs", "reduction",
+          "synthetic_train", "synthetic_test")
+# settings derived from the data, recorded in a saved run: (width, height) in pixels
+SIZES = ("frame_size", "sensor_size")
+
+
+def check_saved(cfg, where: str) -> None:
+    """UserError naming ``where`` (the file) and the setting when a saved run's settings (its
+    config.json, a checkpoint's config) are not a JSON object, or hold a value its flag cannot
+    take: another type, a choice the flag does not offer, a count below 1, a number that is not
+    finite, a frame size that is not two positive integers. Values a saved run predates are left
+    to the CLI's defaults (from_saved)."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{where}: expected a JSON object of the run's settings, found {type(cfg).__name__}")
+    def bad(key, expected):
+        raise UserError(f"{where}: setting '{key}' is {type(cfg[key]).__name__} {cfg[key]!r:.60}, "
+                        f"expected {expected}")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    for a in build_parser()._actions:
+        key, v = a.dest, cfg.get(a.dest)
+        if key not in cfg or key in ("help", "resume") or (v is None and (a.default is None or a.nargs == 2)):
+            continue
+        if a.choices and v not in a.choices:
+            bad(key, f"one of {', '.join(map(str, a.choices))}")
+        elif a.type is str2bool and not isinstance(v, bool):
+            bad(key, "true or false")
+        elif a.type is int and a.nargs == 2 and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(is_int, v))):
+            bad(key, "two integers")
+        elif a.type is int and a.nargs is None and not (is_int(v) and (key not in COUNTS or v >= 1)):
+            bad(key, "an integer" + (" of at least 1" if key in COUNTS else ""))
+        elif a.type is float and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            bad(key, "a finite number")
+        elif a.type is None and not a.choices and not isinstance(v, str):
+            bad(key, "a string")
+    for key in SIZES:
+        v = cfg.get(key)
+        if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(n) and n >= 1 for n in v)):
+            bad(key, "two positive integers (width, height)")
 
 
 SEED_MAX = 2**32 - 1        # numpy's and torch's seeds are unsigned 32-bit
@@ -294,8 +336,7 @@ def validate(args, info):
     that stays inside -modelPath. Runs before any file is read or written."""
     def bad(msg):
         raise UserError(msg)
-    for name in ("T", "ds", "clip", "batch_size_train", "batch_size_test", "num_epochs", "reduction",
-                 "synthetic_train", "synthetic_test"):
+    for name in COUNTS:
         if getattr(args, name) < 1:
             bad(f"-{name} must be at least 1, got {getattr(args, name)}")
     for name, positive in (("dt", True), ("lr", False), ("weight_decay", False), ("lam", True)):

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 
 from utils.errors import UserError
-from utils.files import check_regular_file, inside_folder, probe_writable
+from utils.files import check_declared_size, check_regular_file, inside_folder, probe_writable
 
 from .framing import Events, frame_shape, make_events
 
@@ -169,16 +169,69 @@ def refuse_pickled(path: str, e: ValueError, hint: str) -> None:
                         f"{hint}") from None
 
 
-def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT) -> dict:
+def read_npy_header(f, path: str, name: str = "", hint: str = PICKLE_HINT) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, data bytes) from the header of the .npy stream ``f``, which is left at the
+    start of the data. Only the header is read: nothing is allocated from what it declares."""
+    where = f"{path}{': ' + name if name else ''}"
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:                     # 3.0: a UTF-8 header, written only for non-Latin-1 field names
+            shape, _, dtype = fmt._read_array_header(f, version)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise UserError(f"{where}: not a readable .npy header ({str(e).splitlines()[0][:160]})") from None
+    if dtype.hasobject:
+        raise UserError(f"{path}: refused: it holds pickled Python objects{' (' + name + ')' if name else ''} "
+                        f"(nothing in it was run); {hint}")
+    return shape, dtype, int(np.prod(shape, dtype=object)) * dtype.itemsize
+
+
+def npz_members(path: str, hint: str = PICKLE_HINT) -> dict:
+    """{array name: (shape, dtype)} of an .npz, from its zip directory and the members' .npy
+    headers alone (only a header's first block is decompressed). UserError naming the file when
+    the members together declare more bytes than this process can allocate, or a header declares
+    another size than its member stores (a torn or forged file)."""
+    with zipfile.ZipFile(path) as zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        check_declared_size(sum(i.file_size for i in infos), path, "its zip directory")
+        out = {}
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                shape, dtype, nbytes = read_npy_header(f, path, info.filename, hint)
+                stored = info.file_size - f.tell()
+            if nbytes != stored:
+                raise UserError(f"{path}: {info.filename} declares shape {shape} of {dtype} ({nbytes:,} "
+                                f"bytes) but stores {stored:,} bytes; the file is torn or forged")
+            out[info.filename[:-len(".npy")]] = (shape, dtype)
+    return out
+
+
+def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT,
+             same_length: bool = False) -> dict:
     """{name: array} of an .npz file, read without pickles. Every failure is one UserError naming
     the file: not a regular file, empty (an interrupted write), not an npz, truncated, missing
-    ``keys``, or an object array (refused with ``hint``, the way out)."""
+    ``keys``, sizes its headers declare but it does not store or memory cannot hold
+    (:func:`npz_members`, checked before anything is decompressed), ``keys`` of different lengths
+    with ``same_length`` (event columns), or an object array (refused with ``hint``, the way out)."""
     check_header(path, b"PK\x03\x04", "an npz file", "as a zip archive")
     try:
+        members = npz_members(path, hint)
+        missing = [k for k in (keys or ()) if k not in members]
+        if missing:
+            raise UserError(f"{path}: missing arrays {missing} (expected {', '.join(keys)}; found "
+                            f"{sorted(members)})")
+        if same_length:
+            sizes = {k: int(np.prod(members[k][0], dtype=object)) for k in keys}
+            if len(set(sizes.values())) > 1:
+                raise UserError(f"{path}: {', '.join(sizes)} differ in length "
+                                f"({', '.join(str(n) for n in sizes.values())})")
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in (keys or ()) if k not in z.files]
-            if missing:
-                raise UserError(f"{path}: missing arrays {missing} (expected {', '.join(keys)}; found {z.files})")
             return {k: z[k] for k in z.files}
     except UserError:
         raise
@@ -191,8 +244,16 @@ def load_npz(path: str, keys: str | tuple | None = None, hint: str = PICKLE_HINT
 
 
 def load_npy(path: str, hint: str = PICKLE_HINT) -> np.ndarray:
-    """An .npy array read without pickles, with the checks of :func:`load_npz`."""
+    """An .npy array read without pickles, with the checks of :func:`load_npz`: its header's
+    shape against the bytes the file holds and the memory available, before the array is made."""
     check_header(path, b"\x93NUMPY", "an .npy file", "with the NumPy header")
+    with open(path, "rb") as f:
+        shape, dtype, nbytes = read_npy_header(f, path, hint=hint)
+        stored = os.fstat(f.fileno()).st_size - f.tell()
+    if nbytes > stored:
+        raise UserError(f"{path}: header declares shape {shape} of {dtype} ({nbytes:,} bytes) but the "
+                        f"file holds {stored:,}; truncated or forged")
+    check_declared_size(nbytes, path, "its header")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -202,9 +263,36 @@ def load_npy(path: str, hint: str = PICKLE_HINT) -> np.ndarray:
         raise UserError(f"{path}: not a readable .npy array ({type(e).__name__}: {str(e)[:160]})") from None
 
 
+def read_hdf5_array(ds, path: str, key: str) -> np.ndarray:
+    """The values of the h5py dataset ``ds`` (named ``key`` in ``path``), once what its header
+    declares has been checked against what the file stores and the memory available: a dataset
+    that was never written (no storage: a torn file), contiguous bytes that lie past the end of the
+    file or differ from the declared size, chunks missing from the grid, or more bytes than this
+    process can allocate are one UserError naming the file, before anything is allocated."""
+    declared = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    if declared and not stored:
+        raise UserError(f"{path}: dataset '{key}' declares shape {ds.shape} but was never written "
+                        f"(no data stored: a torn file)")
+    if ds.chunks is None:
+        offset = ds.id.get_offset()
+        if ds.compression is None and stored != declared or \
+                offset is not None and offset + stored > os.path.getsize(path):
+            raise UserError(f"{path}: dataset '{key}' declares {declared:,} bytes (shape {ds.shape}) but "
+                            f"the file stores {stored:,} of them; truncated or forged")
+    elif declared:
+        grid = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks)], dtype=object))
+        have = ds.id.get_num_chunks()
+        if have != grid:
+            raise UserError(f"{path}: dataset '{key}' declares shape {ds.shape} in {grid:,} chunks but "
+                            f"stores {have:,}; a torn or forged file")
+    check_declared_size(declared, path, f"dataset '{key}'")
+    return np.asarray(ds[()])
+
+
 def read_npz_events(path: str) -> Events:
     """An npz with arrays t (us), x, y, p."""
-    z = load_npz(path, "txyp")
+    z = load_npz(path, "txyp", same_length=True)
     return events_from_columns(z["t"], z["x"], z["y"], z["p"], path)
 
 

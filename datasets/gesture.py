@@ -21,7 +21,8 @@ import numpy as np
 
 from utils.errors import UserError
 
-from .files import check_bounds, check_regular_file, events_from_columns, out_folder, release_member
+from .files import (check_bounds, check_regular_file, events_from_columns, out_folder, read_hdf5_array,
+                    release_member)
 from .frame_dataset import train_test_sets
 from .framing import FROM_ZERO, Events
 from .readers import read_aedat31, read_gesture_labels
@@ -49,21 +50,20 @@ def read_sample(path: str) -> tuple[Events, int]:
     check_regular_file(path)
     try:
         with h5py.File(path, "r") as h:
-            arrays = {}
             for key in ("times", "addrs", "labels"):
                 if key not in h:
                     raise UserError(f"{path}: missing dataset '{key}' (expected times, addrs, labels)")
                 if not isinstance(h[key], h5py.Dataset):
                     raise UserError(f"{path}: '{key}' is a {type(h[key]).__name__}, expected a dataset "
                                     f"(an array)")
-                arrays[key] = np.asarray(h[key][()])
+            n, shape = int(np.prod(h["times"].shape, dtype=object)), h["addrs"].shape
+            if len(shape) != 2 or shape[1] != 3 or shape[0] != n:     # declared shapes, nothing read yet
+                raise UserError(f"{path}: addrs has shape {shape}, expected ({n}, 3) [x, y, p]")
+            times, addrs, label = (read_hdf5_array(h[key], path, key) for key in ("times", "addrs", "labels"))
     except UserError:
         raise
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: not a readable hdf5 file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    times, addrs, label = arrays["times"], arrays["addrs"], arrays["labels"]
-    if addrs.ndim != 2 or addrs.shape[1] != 3 or len(addrs) != times.size:
-        raise UserError(f"{path}: addrs has shape {addrs.shape}, expected ({times.size}, 3) [x, y, p]")
     if label.size == 0 or label.dtype.kind not in "iu":
         raise UserError(f"{path}: labels holds {label.size} value(s) of dtype {label.dtype}, expected "
                         f"one integer (class - 1)")

@@ -18,6 +18,7 @@ import re
 import zipfile
 
 from utils.errors import UserError
+from utils.files import check_declared_size
 
 from .files import check_bounds, file_bytes, find_dir, out_folder, read_npz_events
 from .frame_dataset import train_test_sets
@@ -101,6 +102,7 @@ def extract_action_zip(zf: zipfile.ZipFile, zname: str, out: str, report):
         parts = rel.split("/")
         m = next((p for p in parts if re.fullmatch(r"action_\d+", p)), None)
         folder = m or os.path.splitext(os.path.basename(zname))[0]
+        check_declared_size(info.file_size, zname, f"member {info.filename}")   # before it is inflated
         report.write(os.path.join(out, folder, parts[-1]), lambda info=info: zf.read(info))
 
 

@@ -14,9 +14,13 @@ where it applies); nothing here returns a silently truncated recording.
 """
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
 from utils.errors import UserError
+from utils.files import check_declared_size
 
 from .files import check_regular_file
 from .framing import Events, make_events
@@ -32,9 +36,12 @@ POLARITY_EVENT = 1
 
 
 def _read_bytes(path: str) -> bytes:
+    """A whole recording; its size (a sparse file can claim terabytes in a few blocks) is checked
+    against the memory available before it is read."""
     check_regular_file(path)
     try:
         with open(path, "rb") as f:
+            check_declared_size(os.fstat(f.fileno()).st_size, path, "the file's size")
             return f.read()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -116,6 +123,27 @@ def read_aedat31(path: str, use_overflow: bool = True, sort: bool = False) -> Ev
     return Events(ts, p.astype(np.int64), x.astype(np.int64), y.astype(np.int64))
 
 
+LABEL_COLUMNS = ("class", "startTime_usec", "endTime_usec")
+INT64_MAX = 2**63 - 1
+
+
+def label_integer(text: str, path: str, line: int, column: str) -> int:
+    """An integer of a label file ('3', '1500000', also '1.5e6' as spreadsheets write it);
+    UserError naming the file, line and column for a fraction, inf, NaN or a number beyond int64."""
+    try:
+        exact = int(text)
+    except ValueError:
+        try:
+            v = float(text)
+            exact = int(v) if math.isfinite(v) and v.is_integer() else None
+        except ValueError:
+            exact = None
+    if exact is None or not -INT64_MAX <= exact <= INT64_MAX:
+        raise UserError(f"{path}: line {line}: {column} is {text!r}, expected an integer "
+                        f"(at most {INT64_MAX:,} in magnitude)")
+    return exact
+
+
 def read_gesture_labels(path: str) -> np.ndarray:
     """``userNN_<light>_labels.csv`` -> int64 array (rows, 3) of class (1..11), start us, end us.
 
@@ -131,12 +159,9 @@ def read_gesture_labels(path: str) -> np.ndarray:
     rows = []
     for k, ln in enumerate(lines[1:], start=2):
         parts = [s.strip() for s in ln.split(",")]
-        try:
-            if len(parts) != 3:
-                raise ValueError
-            rows.append([int(float(s)) for s in parts])
-        except ValueError:
-            raise UserError(f"{path}: line {k} is {ln!r}, expected 'class,startTime_usec,endTime_usec'") from None
+        if len(parts) != 3:
+            raise UserError(f"{path}: line {k} is {ln!r}, expected 'class,startTime_usec,endTime_usec'")
+        rows.append([label_integer(s, path, k, name) for s, name in zip(parts, LABEL_COLUMNS)])
     if not rows:
         raise UserError(f"{path}: no label rows after the header")
     arr = np.asarray(rows, dtype=np.int64)
@@ -152,19 +177,29 @@ def read_gesture_labels(path: str) -> np.ndarray:
 # AEDAT 2.0 (jAER)
 # ---------------------------------------------------------------------------------------------
 
+AEDAT2_HEADER_END = b"#End Of ASCII Header"
+
+
 def parse_aedat2_header(buf: bytes, path: str) -> tuple[list[str], int, str]:
     """(header lines, offset of the first record, version) of a jAER file.
 
-    Header lines start with '#'; the first byte that is not '#' at a line start begins the data
-    (the rule jAER itself uses). Files without any header are read as AEDAT 2.0 records."""
+    Header lines start with '#'. jAER (since AEDAT 2.0) ends the header with the line
+    ``#End Of ASCII Header``: where it is present the data starts right after it, so a first
+    record whose address begins with the byte '#' (0x23: DAVIS346 events of some rows) is data,
+    not another header line. Older files without that line: the first byte that is not '#' at a
+    line start begins the data (the rule jAER's own reader uses). Files without any header are
+    read as AEDAT 2.0 records."""
     lines, pos = [], 0
     n = len(buf)
     while pos < n and buf[pos:pos + 1] == b"#":
         end = buf.find(b"\n", pos)
         if end < 0:
             raise UserError(f"{path}: header line at byte {pos} has no line end (truncated header?)")
-        lines.append(buf[pos:end].rstrip(b"\r").decode("latin-1"))
+        line = buf[pos:end].rstrip(b"\r")
+        lines.append(line.decode("latin-1"))
         pos = end + 1
+        if line == AEDAT2_HEADER_END:
+            break
     version = "2.0"
     if lines and lines[0].startswith("#!AER-DAT"):
         version = lines[0][len("#!AER-DAT"):].strip()

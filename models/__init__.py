@@ -9,10 +9,10 @@ import importlib
 import pkgutil
 
 from .registry import ARCHITECTURES, architecture, create_net, register
-from .weights import load_pretrained
+from .weights import load_pretrained, match_state
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.ispkg and _info.name not in ("registry", "weights"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["ARCHITECTURES", "architecture", "create_net", "register", "load_pretrained"]
+__all__ = ["ARCHITECTURES", "architecture", "create_net", "register", "load_pretrained", "match_state"]

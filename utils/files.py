@@ -1,11 +1,17 @@
-"""Writing files so that nothing is ever half-written or silently lost.
+"""Writing files so that nothing is ever half-written, silently lost, or written through a link.
 
 :func:`atomic_write` is the project's one way to write a file that someone will read later
 (checkpoints, config.json, metrics.csv rewrites, prepared datasets, result tables): the bytes go
-to a temporary name beside the target, are fsynced, and the temporary file is renamed over the
-target (``os.replace`` is atomic on POSIX), so a reader, or a process killed at any moment, sees
-the old file or the new one, never a torn one. A failed write removes the temporary file, keeps
-the old target and raises one UserError naming the file and the reason.
+to a temporary file beside the target, created under a name nobody can predict (``mkstemp``:
+``O_CREAT | O_EXCL``, so a symbolic link planted in the folder is never followed), are fsynced, and
+the temporary file is renamed over the target (``os.replace`` is atomic on POSIX and replaces a
+link at the target's name, never the file it points to), so a reader, or a process killed at any
+moment, sees the old file or the new one, never a torn one. A failed write removes the temporary
+file, keeps the old target and raises one UserError naming the file and the reason.
+
+Files a run keeps open and changes in place (its lock, metrics.csv) are opened with
+:func:`open_in_run_folder`: ``O_NOFOLLOW``, a regular file with one link only, so that a link
+planted under that name cannot make a run truncate or append to a file outside its folder.
 """
 from __future__ import annotations
 
@@ -25,10 +31,12 @@ def atomic_write(path: str, data: bytes | str, what: str = "", then: str = "") -
     if isinstance(data, str):
         data = data.encode("utf-8")
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp"
+    tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        os.fchmod(fd, 0o666 & ~_umask())          # mkstemp's 0600 would hide results from the group
+        with open(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -37,8 +45,15 @@ def atomic_write(path: str, data: bytes | str, what: str = "", then: str = "") -
         name = f"{what} {path}" if what else path
         raise UserError(f"cannot write {name}: {e.strerror or e}{_hint(e, then)}") from None
     finally:
-        discard(tmp)              # after a failure or an interrupt; after the rename, nothing is there
+        if tmp is not None:       # after a failure or an interrupt; after the rename, nothing is there
+            discard(tmp)
     fsync_dir(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _hint(e: OSError, then: str) -> str:
@@ -94,6 +109,60 @@ def check_regular_file(path: str, what: str = "a sample file", flag: str = "") -
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
             "a device or socket"
         raise UserError(f"{name}: is {kind}, not a regular file (expected {what})")
+
+
+def open_in_run_folder(path: str, flags: int, what: str) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)`` (mode 0644 when created) for a file a run changes in
+    place; UserError naming ``what`` and the path when it is a symbolic link, not a regular file,
+    or has other hard links (writing would change a file outside the folder)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{what} {path}: is a symbolic link; refused (a run never writes through "
+                            f"a link: remove it)") from None
+        raise UserError(f"{what} {path}: cannot open ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    problem = ("not a regular file" if not stat.S_ISREG(st.st_mode) else
+               f"has {st.st_nlink} hard links (it is also a file elsewhere)" if st.st_nlink > 1 else "")
+    if problem:
+        os.close(fd)
+        raise UserError(f"{what} {path}: {problem}; refused (a run changes only its own files: remove it)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the kernel's MemAvailable (/proc/meminfo), lowered
+    to the address-space limit (ulimit -v) when one is set; None when neither is known."""
+    have = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    have = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            have = limit if have is None else min(have, limit)
+    except (ImportError, OSError, ValueError):
+        pass
+    return have
+
+
+def check_declared_size(nbytes: int, path: str, what: str) -> None:
+    """UserError naming ``path`` when ``what`` (a header's declared array, a zip member, a whole
+    file) says it needs more bytes than this process can allocate: refused before anything is
+    allocated (with a lazy allocator such as mimalloc a huge allocation succeeds and the process
+    grows until the kernel kills it)."""
+    have = available_memory()
+    if have is not None and nbytes > have:
+        raise UserError(f"{path}: {what} declares {nbytes:,} bytes ({nbytes / 2**30:.1f} GiB), more than "
+                        f"the {have / 2**30:.1f} GiB of memory available; a damaged or forged file")
 
 
 def inside_folder(parent: str, path: str, flag: str) -> None:

@@ -21,7 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils.analysis.runs import read_metrics, spread  # noqa: E402
+from utils.analysis.runs import read_metrics, readable_runs, spread  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 
 PANELS = (("test_acc", "test accuracy (%)"), ("test_nasfr", "NASFR"))
@@ -94,13 +95,19 @@ def main(argv=None) -> int:
             raise ValueError(f"{a.runs_dir}: no such folder")
         rows = (table_rows.select_rows(a.rows) if a.rows
                 else rows_with_runs(a.runs_dir, table_rows.ROWS, a.seeds))
-        records = [{"row": r.name, "label": r.label,
-                    "folders": {att: list(table_rows.seed_runs(a.runs_dir, r, att, a.seeds).values())
-                                for att in table_rows.ATTENTIONS}} for r in rows]
+        records, notes = [], []
+        for r in rows:
+            folders = {}
+            for att in table_rows.ATTENTIONS:
+                folders[att], left_out = readable_runs(list(table_rows.seed_runs(a.runs_dir, r, att, a.seeds).values()))
+                notes += left_out
+            records.append({"row": r.name, "label": r.label, "folders": folders})
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         paths = draw_records(records, a.out)
         if not paths:
             raise ValueError(f"{a.runs_dir}: no run folders of the rows {', '.join(r.name for r in rows)}")
-    except ValueError as e:
+    except (ValueError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in paths:

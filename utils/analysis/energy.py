@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from models.module import ASA, SpikingNeuron
-from utils.analysis.runs import net_from_checkpoint, rates_from_metrics
+from utils.analysis.runs import net_from_checkpoint, rates_from_json, rates_from_metrics, read_config
 from utils.errors import UserError
 from utils.files import atomic_write
 
@@ -175,9 +175,7 @@ def checkpoint_energy(path: str, rates: dict | None = None, rates_file: str | No
         for c in cands:
             if c and os.path.isfile(c):
                 if c.endswith(".json"):
-                    with open(c) as f:
-                        rates = json.load(f)["firing_rates"]
-                    source = c
+                    rates, source = rates_from_json(c), c
                 else:
                     rates, ep = rates_from_metrics(c, ck_epoch)
                     source = f"{c} (epoch {ep})"
@@ -219,8 +217,9 @@ def main(argv=None) -> int:
     try:
         cfg = None
         if a.config:
-            with open(a.config) as f:
-                cfg = json.load(f)
+            if not os.path.isfile(a.config):
+                raise UserError(f"--config {a.config}: no such file")
+            cfg = read_config(os.path.dirname(os.path.abspath(a.config)), os.path.basename(a.config))
         rep = checkpoint_energy(a.checkpoint, rates_file=a.rates, config=cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

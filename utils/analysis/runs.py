@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 
@@ -22,16 +23,26 @@ def net_from_checkpoint(path: str, config: dict | None = None, flag: str = "chec
     dicts; without either, config.json beside the checkpoint is used."""
     import config as cli
     from models import create_net, load_pretrained
-    from utils.run.checkpoint import load_checkpoint
+    from models.weights import state_dict_of
+    from utils.files import check_declared_size
+    from utils.run.checkpoint import check_finite, check_weights_fit, load_checkpoint
+    from utils.run.memory import conv_output_values
     ckpt = load_checkpoint(path, flag)
-    cfg = dict(config or (ckpt.get("config") if isinstance(ckpt, dict) else None) or {})
+    cfg = config or (ckpt.get("config") if isinstance(ckpt, dict) else None) or {}
+    cli.check_saved(cfg, f"{flag} {path}" if config is None else "--config")
     if not cfg:
         cfg = read_config(os.path.dirname(os.path.abspath(path)))
+    if isinstance(ckpt, dict):
+        check_finite(state_dict_of(ckpt), path, flag)
     need = ("arch", "T", "num_classes", "frame_size", "attention")
     if any(cfg.get(k) is None for k in need):
         raise UserError(f"{flag} {path}: no usable configuration (needs {', '.join(need)}); pass "
                         f"--config config.json")
     args = cli.from_saved(cfg)
+    check_weights_fit(ckpt, args, path, flag)           # shapes only: nothing allocated yet
+    X, Y = args.frame_size
+    check_declared_size(4 * args.T * (2 * X * Y + sum(conv_output_values(args))), path,
+                        f"the network of its settings (-arch {args.arch}, -T {args.T}, frames {X}x{Y}) for one sample")
     net = create_net(args)
     try:
         load_pretrained(net, ckpt)
@@ -40,7 +51,12 @@ def net_from_checkpoint(path: str, config: dict | None = None, flag: str = "chec
     return net.eval(), args, (ckpt.get("epoch") if isinstance(ckpt, dict) else None)
 
 
+# the columns the analysis tools read from every metrics.csv row
+NEEDED = ("epoch", "test_acc", "test_nasfr")
+
+
 def read_metrics(folder: str) -> list[dict]:
+    """The checked rows of a run folder's metrics.csv (:func:`csv_rows`); [] without one."""
     path = os.path.join(folder, "metrics.csv")
     if not os.path.isfile(path):
         return []
@@ -48,23 +64,67 @@ def read_metrics(folder: str) -> list[dict]:
 
 
 def csv_rows(path: str) -> list[dict]:
-    """The rows of a metrics.csv as dicts; UserError naming the file if it is not readable text."""
+    """The rows of a metrics.csv as dicts of strings, checked so that every value the tools use is
+    a number: one UserError naming the file (and the line) when it is not readable text, lacks a
+    column the tools read, has a row of another length than its header (a torn or binary file),
+    an epoch that is not a whole number, or a value that is not a finite number (NaN is never
+    reported as a result). An empty file has no rows."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: not a readable metrics.csv ({type(e).__name__}: {str(e)[:120]})") from None
+    missing = [c for c in NEEDED if c not in fields]
+    if fields and missing:
+        raise UserError(f"{path}: no column {', '.join(missing)} (its header: {','.join(fields)[:120]}); "
+                        f"not a metrics.csv of this project, or a torn one")
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise UserError(f"{path}: line {line} does not have the {len(fields)} values of its header; "
+                            f"a torn or damaged file")
+        for k, v in row.items():
+            if v == "" and k not in NEEDED:
+                continue
+            try:
+                x = int(v) if k == "epoch" else float(v)
+            except ValueError:
+                x = None
+            if x is None or not math.isfinite(x) or x < 0 and k == "epoch":
+                raise UserError(f"{path}: line {line}: {k} is {v[:40]!r}, expected "
+                                f"{'a whole epoch number >= 0' if k == 'epoch' else 'a finite number'}")
+    return rows
 
 
-def read_config(folder: str) -> dict:
-    path = os.path.join(folder, "config.json")
+def read_config(folder: str, name: str = "config.json") -> dict:
+    """A run folder's config.json ({} without one); UserError naming the file when it is not
+    JSON, not an object, or holds a setting of a type its flag cannot take (config.check_saved)."""
+    import config as cli
+    path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable config.json ({type(e).__name__}: {str(e)[:120]})") from None
+    cli.check_saved(cfg, path)
+    return cfg
+
+
+def readable_runs(folders: list[str]) -> tuple[list[str], list[str]]:
+    """(the folders whose metrics.csv and config.json read, a note for each one that does not):
+    a broken run folder is left out of a table or a figure with its reason, never stops it."""
+    ok, notes = [], []
+    for folder in folders:
+        try:
+            read_metrics(folder)
+            read_config(folder)
+            ok.append(folder)
+        except UserError as e:
+            notes.append(f"left out: {e}")
+    return ok, notes
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -93,6 +153,22 @@ def rates_from_metrics(path: str, epoch: int | None = None) -> tuple[dict, int]:
         return layer_rates(row), int(row["epoch"])
     except (TypeError, ValueError, KeyError) as e:
         raise UserError(f"{path}: a row that is not numbers ({e})") from None
+
+
+def rates_from_json(path: str) -> dict:
+    """{layer: rate} of an eval.json's 'firing_rates'; UserError naming the file unless it is a
+    JSON object whose 'firing_rates' maps layer names to finite numbers."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable JSON file ({type(e).__name__}: {str(e)[:120]})") from None
+    rates = obj.get("firing_rates") if isinstance(obj, dict) else None
+    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in rates.values()):
+        raise UserError(f"{path}: expected a JSON object whose 'firing_rates' maps each spiking layer "
+                        f"to a finite number")
+    return rates
 
 
 def layer_rates(row: dict) -> dict:

@@ -30,6 +30,7 @@ import sys
 from utils.analysis.rows import (ATTENTIONS, ROW_BY_NAME, ROWS, Row, parse_seeds, plan, run_name,
                                  seed_runs, select_rows)
 from utils.analysis.runs import best_row, layer_rates, read_config, read_metrics, spread
+from utils.errors import UserError
 from utils.files import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,9 +94,14 @@ def collect(runs_dir: str, rows: list[Row] | None = None, paper: dict | None = N
         rows = rows_with_runs(runs_dir, ROWS, seeds)
     records = []
     for row in rows:
-        res = {}                                  # attention -> {seed: summary}
+        res, left_out = {}, {}                    # attention -> {seed: summary}; folder -> reason
         for a in ATTENTIONS:
-            got = {s: summarise_run(f, with_energy) for s, f in seed_runs(runs_dir, row, a, seeds).items()}
+            got = {}
+            for s, f in seed_runs(runs_dir, row, a, seeds).items():
+                try:
+                    got[s] = summarise_run(f, with_energy)
+                except UserError as e:            # a broken run folder: noted, the table goes on
+                    left_out[f] = f"left out: {e}"
             res[a] = {s: r for s, r in got.items() if r is not None}
         p = paper.get(row.name, {})
         any_run = next((r for a in ("ASA", "no") for r in res[a].values()), {})
@@ -121,9 +127,11 @@ def collect(runs_dir: str, rows: list[Row] | None = None, paper: dict | None = N
         rec["paper_d_acc_pp"] = (None if p.get("acc_no") is None or p.get("acc_asa") is None
                                  else p["acc_asa"] - p["acc_no"])
         rec["paper_d_nasfr_pct"] = _delta_pct(p.get("nasfr_asa"), p.get("nasfr_no"))
-        rec["notes"] = "; ".join(f"{a} seed {s}: {r['energy_error']}" if len(res[a]) > 1 else r["energy_error"]
-                                 for a in ATTENTIONS for s, r in res[a].items() if r["energy_error"])
-        rec["folders"] = {a: list(seed_runs(runs_dir, row, a, seeds).values()) for a in ATTENTIONS}
+        rec["notes"] = "; ".join([f"{a} seed {s}: {r['energy_error']}" if len(res[a]) > 1 else r["energy_error"]
+                                  for a in ATTENTIONS for s, r in res[a].items() if r["energy_error"]]
+                                 + list(left_out.values()))
+        rec["folders"] = {a: [f for f in seed_runs(runs_dir, row, a, seeds).values() if f not in left_out]
+                          for a in ATTENTIONS}
         records.append(rec)
     return records
 
@@ -283,7 +291,7 @@ def main(argv=None) -> int:
                              f"(rows: {', '.join(ROW_BY_NAME)})")
         md, cs = write_table(records, a.out, a.runs_dir)
         figures = [] if a.no_curves else draw_curves(records, a.out)
-    except ValueError as e:
+    except (ValueError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(open(md).read(), end="")

@@ -21,6 +21,7 @@ from torch import nn
 
 from models import create_net
 from utils.errors import UserError
+from utils.files import available_memory
 
 
 def conv_output_values(args) -> list[int]:
@@ -62,19 +63,16 @@ def estimate_bytes(args, batch_train: int) -> int:
 
 
 def available_bytes(device) -> int | None:
-    """Memory this run can still take: the GPU's free memory, or the kernel's MemAvailable
-    (/proc/meminfo); None where neither can be read (then nothing is checked)."""
+    """Memory this run can still take: the GPU's free memory, or the host's (utils/files.py
+    available_memory: MemAvailable, lowered to ulimit -v); None where it cannot be read (then
+    nothing is checked)."""
+    if device.type != "cuda":
+        return available_memory()
     try:
-        if device.type == "cuda":
-            import torch
-            return int(torch.cuda.mem_get_info(device)[0])
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, RuntimeError, IndexError):
+        import torch
+        return int(torch.cuda.mem_get_info(device)[0])
+    except (RuntimeError, ValueError):
         return None
-    return None
 
 
 def gib(n: int) -> str:

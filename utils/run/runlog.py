@@ -12,7 +12,7 @@ import json
 import os
 
 from utils.errors import UserError
-from utils.files import atomic_write, inside_folder, probe_writable
+from utils.files import atomic_write, inside_folder, open_in_run_folder, probe_writable
 
 
 def default_run_name(args) -> str:
@@ -57,10 +57,7 @@ def lock_run_folder(run_dir: str) -> None:
     if key in _LOCKS:
         return
     path = os.path.join(run_dir, LOCK_NAME)
-    try:
-        f = open(path, "a+")
-    except OSError as e:
-        raise UserError(f"run folder {run_dir}: cannot open its lock file {path} ({e.strerror or e})") from None
+    f = os.fdopen(open_in_run_folder(path, os.O_RDWR | os.O_CREAT, f"run folder {run_dir}: its lock file"), "r+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -174,16 +171,19 @@ class MetricsCSV:
         self.rows: list[list[str]] = []
         if rows is not None:
             self.rewrite(rows)
-        elif not os.path.exists(path) or os.path.getsize(path) == 0:
+        elif not os.path.lexists(path) or not os.path.islink(path) and os.path.getsize(path) == 0:
             self.rewrite([])
+        else:                        # a file planted under this name is refused before any epoch
+            os.close(open_in_run_folder(path, os.O_RDONLY, "metrics file"))
 
     def format(self, row: dict) -> list[str]:
         return [str(_fmt(row.get(k, ""))) for k in self.fields]
 
     def append(self, row: dict) -> None:
         line = self.format(row)
+        fd = open_in_run_folder(self.path, os.O_WRONLY | os.O_APPEND, "metrics file")
         try:
-            with open(self.path, "a", newline="") as f:
+            with open(fd, "a", newline="") as f:
                 csv.writer(f).writerow(line)
                 f.flush()
                 os.fsync(f.fileno())

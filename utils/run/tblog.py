@@ -5,7 +5,7 @@
 Layout (README, "What a run writes"): the run folder is one TensorBoard run, the x-axis of its
 curves is the epoch (0-based, as in metrics.csv):
 
-- ``<run>/events.out.tfevents.*``: per epoch ``lr``, ``train/loss``, ``train/acc``, ``test/loss``,
+- ``<run>/events.out.tfevents.*.<random>``: per epoch ``lr``, ``train/loss``, ``train/acc``, ``test/loss``,
   ``test/acc``, ``test/nasfr`` and ``firing_rate/<layer>`` (the metrics.csv row); once, with the
   last epoch, the hyper-parameters (the run's scalar settings) with ``hparams/best_test_acc``,
   ``hparams/best_test_nasfr`` (at the best epoch), ``hparams/final_test_acc`` and
@@ -24,6 +24,7 @@ whatever a checkpoint says is done is on disk, and anything newer is purged on r
 from __future__ import annotations
 
 import os
+import secrets
 
 from utils.errors import UserError
 
@@ -67,8 +68,15 @@ class TensorBoardLog:
                             "tensorboard, see requirements.txt), or pass -tensorboard false") from None
         self.steps_per_epoch = steps_per_epoch
         first_step = start_epoch * steps_per_epoch
-        self.epochs = SummaryWriter(run_dir, purge_step=start_epoch or None)
-        self.steps = SummaryWriter(os.path.join(run_dir, STEPS_SUBDIR), purge_step=first_step or None)
+        steps_dir = os.path.join(run_dir, STEPS_SUBDIR)
+        if os.path.islink(steps_dir) or os.path.lexists(steps_dir) and not os.path.isdir(steps_dir):
+            raise UserError(f"-tensorboard: {steps_dir} is a symbolic link or not a folder; refused (a run "
+                            f"writes its event files only inside its folder: remove it)")
+        # The writer opens its event file by name ("wb"), following links: a random suffix makes the
+        # name one nobody can plant a link under beforehand.
+        suffix = "." + secrets.token_hex(8)
+        self.epochs = SummaryWriter(run_dir, purge_step=start_epoch or None, filename_suffix=suffix)
+        self.steps = SummaryWriter(steps_dir, purge_step=first_step or None, filename_suffix=suffix)
 
     def step(self, epoch: int, i: int, loss: float) -> None:
         self.steps.add_scalar(STEP_TAG, loss, epoch * self.steps_per_epoch + i)
