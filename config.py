@@ -160,6 +160,7 @@ def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
 
 def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argparse.Namespace:
     """Fill dataset presets into flags the user left unset, derive sizes, validate."""
+    check_utf8_paths(args)
     info = DATASETS[args.dataset]
     for k, v in info.defaults.items():
         if k not in explicit:
@@ -339,6 +340,23 @@ def validate(args, info):
         check_regular_file(args.pretrained_path, "a checkpoint file", "-pretrained_path")
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
         bad(f"-device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+
+
+def check_utf8_paths(args) -> None:
+    """-name, -modelPath and -resume name the run folder, whose path goes into text: TensorBoard's
+    event files (which refuse a path that is not UTF-8), config.json, the messages. Bytes that are
+    not UTF-8 (Python keeps them as surrogates) are refused before anything is read or written."""
+    for flag in ("name", "modelPath", "resume"):
+        v = getattr(args, flag, None)
+        if not isinstance(v, str):
+            continue
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(v)
+            raise UserError(f"-{flag} {raw!r}: contains bytes that are not UTF-8; the run folder's path "
+                            f"is written into TensorBoard's event files and config.json, which need "
+                            f"UTF-8: choose a name in UTF-8 (or rename the folder)") from None
 
 
 def check_run_name(name: str) -> None:

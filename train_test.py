@@ -40,7 +40,7 @@ from utils.run import distributed, preempt, runlog  # noqa: E402
 from utils.run.checkpoint import load_weights, state_bytes  # noqa: E402
 from utils.run.engine import NonFiniteLoss, test_metrics  # noqa: E402
 from utils.run.fit import fit  # noqa: E402
-from utils.run.loaders import make_loaders  # noqa: E402
+from utils.run.loaders import make_loaders, shared_memory_error  # noqa: E402
 from utils.run.memory import check_memory  # noqa: E402
 from utils.run.metrics import SpikeMonitor  # noqa: E402
 from utils.run.reproducibility import make_deterministic, seed_everything  # noqa: E402
@@ -147,6 +147,12 @@ def stoppable_main(argv, rank: int) -> int:
         print(f"error: {rank_prefix(rank)}{e}; stopping (the last good checkpoint and metrics.csv up "
               f"to the previous epoch are kept)", file=sys.stderr)
         return 3
+    except RuntimeError as e:          # torch's, from the DataLoader workers: one line when it is shm
+        err = shared_memory_error(e)
+        if err is None:
+            raise
+        print(f"error: {rank_prefix(rank)}{err}", file=sys.stderr)
+        return 2
 
 
 def stopped(e: "preempt.Stopped", args, rank: int) -> int:

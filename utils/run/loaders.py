@@ -17,11 +17,13 @@ k % world): every sample is evaluated once, in the same forward-pass group as in
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from utils.errors import UserError
 from utils.run.distributed import split_sizes
 from utils.run.preempt import ignore_in_worker
 
@@ -158,3 +160,30 @@ def batch_plan_text(args, world: int) -> str:
     return (f"batch: global train batch {args.batch_size_train} = {world} process(es) x {per} per process; "
             f"test forward pass {args.batch_size_test} samples x {args.clip} clips, test batches dealt "
             f"round-robin to the processes")
+
+
+# What torch says when its workers cannot put a batch into shared memory: a RuntimeError re-raised
+# from the worker ("unable to allocate shared memory(shm) for file </torch_...>: No space left on
+# device (28)"; older versions "unable to write to file </torch_...>"), or, when the kernel only
+# finds out on first touch, the worker killed by SIGBUS ("... is killed by signal: Bus error. It is
+# possible that dataloader's workers are out of shared memory ...").
+_SHM_FAILURES = ("unable to allocate shared memory", "unable to write to file </torch_",
+                 "unable to open shared memory object", "out of shared memory")
+SHM_DIR = "/dev/shm"
+
+
+def shared_memory_error(e: BaseException) -> UserError | None:
+    """A UserError naming the way out when ``e`` is torch's report of DataLoader workers running
+    out of shared memory; None for any other error."""
+    text = str(e)
+    if not any(sign in text for sign in _SHM_FAILURES):
+        return None
+    try:
+        u = shutil.disk_usage(SHM_DIR)
+        room = f" ({SHM_DIR}: {u.free / 2**20:.1f} MiB free of {u.total / 2**20:.1f} MiB)"
+    except OSError:
+        room = ""
+    return UserError(f"-num_work: the DataLoader worker processes ran out of shared memory{room}, "
+                     f"where they hand batches to the training process; pass -num_work 0 (no worker "
+                     f"processes), or give {SHM_DIR} more room (docker run --shm-size=8g, or a larger "
+                     f"tmpfs) and continue with -resume")

@@ -18,7 +18,8 @@ save). Before the run folder exists nothing has been written, so a signal stops 
 
 DataLoader worker processes ignore the three signals (:func:`ignore_in_worker`): SLURM signals
 every process of a job and a terminal's Ctrl-C the whole process group, and a worker that died of
-it would fail the step the main process is finishing.
+it would fail the step the main process is finishing (torch's SIGCHLD handler raises in the main
+process as soon as a worker is killed). A SIGTERM from the worker's own parent still ends it.
 """
 from __future__ import annotations
 
@@ -101,6 +102,23 @@ STOP = StopSignals()
 
 
 def ignore_in_worker() -> None:
-    """Make a DataLoader worker ignore the stop signals (the main process decides; module doc)."""
+    """Make a DataLoader worker ignore the stop signals (the main process decides; module doc),
+    except a SIGTERM from its parent: torch ends a worker that does not leave on its own with
+    SIGTERM (Process.terminate), so that one must still end it. Python's handlers do not say who
+    sent a signal, sigwaitinfo does: SIGTERM stays blocked and a thread waits for it."""
     for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+        if s != signal.SIGTERM:
+            signal.signal(s, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)     # not SIG_IGN: an ignored signal is never pending
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})   # this thread and those it starts
+    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-parent").start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # SIG_DFL: it ends the process
+    os.kill(os.getpid(), signal.SIGTERM)
