@@ -16,6 +16,7 @@ The story of a run is :func:`run`; the pieces live in utils/run/ (docs/architect
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -122,7 +123,12 @@ def main(argv=None) -> int:
     if rank != 0:                      # only rank 0 prints progress; every rank prints its own error
         sys.stdout = open(os.devnull, "w")
     with preempt.STOP.installed():
-        return stoppable_main(argv, rank)
+        code = stoppable_main(argv, rank)
+    # a DataLoader iterator kept alive by an error's traceback (a reference cycle) shuts its workers
+    # down now; left to the exit, multiprocessing would terminate them and torch would report that
+    # as a worker failure with a traceback
+    gc.collect()
+    return code
 
 
 def stoppable_main(argv, rank: int) -> int:

@@ -25,11 +25,11 @@ EventAccumulator = pytest.importorskip(
 
 from utils.run.tblog import STEP_TAG, STEPS_SUBDIR  # noqa: E402
 
-SMALL = ["-dataset", "synthetic", "-synthetic_train", "24", "-synthetic_test", "8", "-T", "4",
-         "-reduction", "2", "-batch_size_train", "4", "-batch_size_test", "4", "-clip", "2",
+SMALL = ["-dataset", "synthetic", "-synthetic_train", "20", "-synthetic_test", "4", "-T", "4",
+         "-reduction", "2", "-batch_size_train", "4", "-batch_size_test", "2", "-clip", "2",
          "-num_work", "2", "-seed", "3", "-ps", "00111",    # dropout: the torch RNG state matters
          "-num_epochs", "2", "-device", "cpu"]
-STEPS = 6                                                   # 24 samples / batch 4
+STEPS = 5                                                   # 20 samples / batch 4
 ENV = dict(os.environ, OMP_NUM_THREADS="1")                 # bitwise-equal runs (README, -resume)
 LINE = re.compile(r"^stopped by (SIG\w+) at epoch (\d+), step (\d+)/(\d+); continue with: "
                   r"(python3|torchrun \[the same options\]) train_test.py -resume (\S+)$")
@@ -103,7 +103,7 @@ def test_sigterm_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert k <= int(step) <= STEPS, (k, step)           # no finished step is lost
     ck = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert ck["epoch"] == 0 and ck["position"]["epoch"] == 1 and ck["position"]["step"] == int(step)
-    assert ck["position"]["order"].tolist() == torch.randperm(24, generator=torch.Generator().manual_seed(
+    assert ck["position"]["order"].tolist() == torch.randperm(20, generator=torch.Generator().manual_seed(
         3 * 100003 + 1)).tolist()                       # the epoch's sample order
     assert not [f for f in (tmp_path / "run").rglob("*") if "tmp" in f.name]
     assert seconds < 60
@@ -206,7 +206,8 @@ def test_a_signal_stops_after_the_step_in_progress_and_a_second_one_changes_noth
     assert not [f for f in run.rglob("*") if "tmp" in f.name]
     monkeypatch.undo()
 
-    finish(start("-resume", str(run), cwd=tmp_path))
+    code, _ = in_process_run(tmp_path, monkeypatch, capsys, "-resume", str(run))
+    assert code == 0
     assert_same_as_uninterrupted(run, uninterrupted)
 
 

@@ -174,9 +174,14 @@ SHM_DIR = "/dev/shm"
 
 def shared_memory_error(e: BaseException) -> UserError | None:
     """A UserError naming the way out when ``e`` is torch's report of DataLoader workers running
-    out of shared memory; None for any other error."""
-    text = str(e)
-    if not any(sign in text for sign in _SHM_FAILURES):
+    out of shared memory; None for any other error. The chain is searched: torch's SIGCHLD
+    handler raises the bus error while the main process waits for the batch, and the wait then
+    raises "worker exited unexpectedly" on top of it."""
+    chain = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if not any(sign in str(x) for x in chain for sign in _SHM_FAILURES):
         return None
     try:
         u = shutil.disk_usage(SHM_DIR)
