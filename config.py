@@ -49,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                "NCCL on GPUs, Gloo on CPU). -batch_size_train is the global batch, split over the "
                "processes; -batch_size_test is the size of one test forward pass, whole test batches "
                "are dealt to the processes; metrics and NASFR are summed over all processes; only "
-               "rank 0 prints and writes. Details: utils/run/distributed.py.",
+               "rank 0 prints and writes. Details: utils/run/distributed.py. "
+               "Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 finishes the training step in progress, "
+               "writes last.pth at that position inside the epoch, prints one line 'stopped by SIGTERM "
+               "at epoch E, step S/N; continue with: python3 train_test.py -resume RUN_DIR' and exits "
+               "with code 75 (EX_TEMPFAIL); under torchrun every process stops after the same step. "
+               "Exit codes: 0 done, 2 an error (one 'error:' line), 3 a non-finite loss, 75 stopped by "
+               "a signal (continue with -resume).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     d = p.add_argument_group("data")
@@ -118,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "random-generator states and metrics.csv continue where the checkpoint was "
                         "written (metrics.csv rows newer than it are dropped and recomputed), so the "
                         "finished run equals an uninterrupted one with the same seed (bitwise on CPU "
-                        "with the same thread and process count)")
+                        "with the same thread and process count). A run stopped by a signal (exit 75, "
+                        "see below) continues inside its epoch, at the step after the last one it finished")
     _bool_flag(t, "-deterministic", False,
                "seed everything and ask PyTorch for deterministic algorithms (cuDNN deterministic, no "
                "benchmark, torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); prints what "
