@@ -84,7 +84,7 @@ def run(args) -> int:
             d.on_main(runlog.check_model_path, args.modelPath)       # fail before reading any data
         train_set, test_set, net = build(args, device, d.world_size)
         if not args.eval_only:
-            preempt.STOP.deferring = True     # from here a signal stops after a step (preempt.py)
+            preempt.STOP.defer()              # from here a signal stops after a step (preempt.py)
         run_dir = runlog.open_run_folder(args, d)
         d.say(f"run folder: {run_dir}")
         resuming = args.resume is not None and args.resume_checkpoint is not None

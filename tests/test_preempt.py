@@ -266,3 +266,22 @@ def test_ddp_stops_every_process_at_the_same_step_and_resumes_exactly(tmp_path):
     b = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert np.array_equal(*(np.array(scalars(tmp_path / n / STEPS_SUBDIR, STEP_TAG)) for n in ("full", "run")))
+
+
+def test_a_sampler_resumed_inside_an_epoch_yields_the_remaining_batches_of_the_saved_order():
+    from utils.run.loaders import ShardedBatchSampler
+    full = ShardedBatchSampler(11, 3, seed=4, rank=1, world=2)
+    full.set_epoch(2)
+    resumed = ShardedBatchSampler(11, 3, seed=4, rank=1, world=2)
+    resumed.set_epoch(2, 3, full.order())
+    assert list(resumed) == list(full)[3:] and len(resumed) == 1 and resumed.plan() == full.plan()
+    resumed.set_epoch(2, 4, full.order())                   # the test pass was next: no batch left
+    assert list(resumed) == [] and len(resumed) == 0
+    other = list(reversed(full.order()))
+    resumed.set_epoch(2, 0, other)                           # the saved order is the one used
+    # rank 1 of 2 takes the second part of each global batch: 1 of 3 samples, 1 of the last 2
+    assert list(resumed) == [[other[2]], [other[5]], [other[8]], [other[10]]]
+    with pytest.raises(ValueError):
+        resumed.set_epoch(2, 5)
+    with pytest.raises(ValueError):
+        resumed.set_epoch(2, 0, [0] * 11)

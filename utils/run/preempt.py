@@ -9,7 +9,7 @@ sysexits.h: "try again later"), which a job script or final.sh tells apart from 
 Why the handler only sets a flag once a run has a folder: a signal handler runs between two Python
 bytecodes of the main thread, anywhere; raising from it could cut a checkpoint write between its
 temporary file and the rename, or a training step between the optimizer update and the bookkeeping.
-So from the moment the run folder is opened (:meth:`StopSignals.deferred`) a signal is only noted,
+So from the moment the run folder is opened (:meth:`StopSignals.defer`) a signal is only noted,
 and the training loop looks at the note after each step (every process agrees on it, see fit.py).
 A second signal while the checkpoint is written is noted too and changes nothing: the write
 finishes and its rename is atomic (utils/files.py). Only SIGKILL stops at once (it loses the step in
@@ -88,14 +88,10 @@ class StopSignals:
                 signal.signal(s, h)
             self.deferring = False
 
-    @contextmanager
-    def deferred(self):
-        """From here on a signal is only noted; the caller looks at :attr:`requested`."""
+    def defer(self) -> None:
+        """From here on (until :meth:`installed` ends) a signal is only noted; the training loop
+        looks at :attr:`requested`."""
         self.deferring = True
-        try:
-            yield self
-        finally:
-            self.deferring = False
 
 
 STOP = StopSignals()
