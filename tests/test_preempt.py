@@ -285,3 +285,26 @@ def test_a_sampler_resumed_inside_an_epoch_yields_the_remaining_batches_of_the_s
         resumed.set_epoch(2, 5)
     with pytest.raises(ValueError):
         resumed.set_epoch(2, 0, [0] * 11)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda p: p.pop("order"), "lacks or mistypes 'order'"),
+    (lambda p: p.update(order=torch.arange(19)), "no sample order of this run's 20"),
+    (lambda p: p.update(order=torch.zeros(20, dtype=torch.int64)), "no sample order"),
+    (lambda p: p.update(step=9), "step 9 of 5"),
+    (lambda p: p.update(epoch=3), "says epoch 3"),
+    (lambda p: p.update(sums=torch.zeros(2, 3)), "metric sums for each process"),
+    (lambda p: p.update(seconds="soon"), "mistypes"),
+])
+def test_a_damaged_position_is_one_error_naming_the_file_and_the_field(damage, needle):
+    from utils.errors import UserError
+    from utils.run.fit import read_position
+    from utils.run.loaders import ShardedBatchSampler
+    sampler = ShardedBatchSampler(20, 4, seed=3)
+    pos = {"epoch": 1, "step": 2, "steps": STEPS, "order": torch.randperm(20), "sums": torch.zeros(1, 3),
+           "seconds": 1.5}
+    ck = {"epoch": 0, "rng": [{}], "position": pos}
+    assert read_position(ck, "RUN/last.pth", sampler).step == 2
+    damage(pos)
+    with pytest.raises(UserError, match=f"-resume RUN/last.pth: field 'position' .*{re.escape(needle)}"):
+        read_position(ck, "RUN/last.pth", sampler)
