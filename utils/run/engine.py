@@ -100,7 +100,7 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
     batches = iter(loader)
     if resume is not None:
         resume.restore_rng()
-    bar = tqdm(batches, total=len(loader), initial=0, desc=f"train {epoch}", leave=False,
+    bar = tqdm(batches, total=len(loader), desc=f"train {epoch}", leave=False,
                disable=not progress, dynamic_ncols=True)
     b = first - 1
     for b, (x, y) in enumerate(bar, start=first):
