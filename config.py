@@ -50,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                "NCCL on GPUs, Gloo on CPU). -batch_size_train is the global batch, split over the "
                "processes; -batch_size_test is the size of one test forward pass, whole test batches "
                "are dealt to the processes; metrics and NASFR are summed over all processes; only "
-               "rank 0 prints and writes. Details: utils/run/distributed.py.",
+               "rank 0 prints and writes. Details: utils/run/distributed.py. "
+               "Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 finishes the training step in progress, "
+               "writes last.pth at that position inside the epoch, prints one line 'stopped by SIGTERM "
+               "at epoch E, step S/N; continue with: python3 train_test.py -resume RUN_DIR' and exits "
+               "with code 75 (EX_TEMPFAIL); under torchrun every process stops after the same step. "
+               "Exit codes: 0 done, 2 an error (one 'error:' line), 3 a non-finite loss, 75 stopped by "
+               "a signal (continue with -resume).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     d = p.add_argument_group("data")
@@ -119,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "random-generator states and metrics.csv continue where the checkpoint was "
                         "written (metrics.csv rows newer than it are dropped and recomputed), so the "
                         "finished run equals an uninterrupted one with the same seed (bitwise on CPU "
-                        "with the same thread and process count)")
+                        "with the same thread and process count). A run stopped by a signal (exit 75, "
+                        "see below) continues inside its epoch, at the step after the last one it finished")
     _bool_flag(t, "-deterministic", False,
                "seed everything and ask PyTorch for deterministic algorithms (cuDNN deterministic, no "
                "benchmark, torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); prints what "
@@ -161,6 +168,7 @@ def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
 
 def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argparse.Namespace:
     """Fill dataset presets into flags the user left unset, derive sizes, validate."""
+    check_utf8_paths(args)
     info = DATASETS[args.dataset]
     for k, v in info.defaults.items():
         if k not in explicit:
@@ -385,6 +393,23 @@ def validate(args, info):
         check_regular_file(args.pretrained_path, "a checkpoint file", "-pretrained_path")
     if args.device != "auto" and not (args.device == "cpu" or args.device.startswith("cuda")):
         bad(f"-device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+
+
+def check_utf8_paths(args) -> None:
+    """-name, -modelPath and -resume name the run folder, whose path goes into text: TensorBoard's
+    event files (which refuse a path that is not UTF-8), config.json, the messages. Bytes that are
+    not UTF-8 (Python keeps them as surrogates) are refused before anything is read or written."""
+    for flag in ("name", "modelPath", "resume"):
+        v = getattr(args, flag, None)
+        if not isinstance(v, str):
+            continue
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(v)
+            raise UserError(f"-{flag} {raw!r}: contains bytes that are not UTF-8; the run folder's path "
+                            f"is written into TensorBoard's event files and config.json, which need "
+                            f"UTF-8: choose a name in UTF-8 (or rename the folder)") from None
 
 
 def check_run_name(name: str) -> None:

@@ -9,11 +9,14 @@
 
 The run folder (printed at start, under -modelPath) holds config.json, metrics.csv (one row appended
 per epoch), last.pth and best.pth, and eval.json for -eval_only. Exit codes: 0 done, 2 a user error
-(one 'error: ...' line), 3 a non-finite loss (the last good checkpoint is kept), 130 interrupted.
+(one 'error: ...' line), 3 a non-finite loss (the last good checkpoint is kept), 75 stopped by
+SIGTERM, SIGINT or SIGUSR1 after the step in progress, with a last.pth to continue from and one line
+saying how (utils/run/preempt.py).
 The story of a run is :func:`run`; the pieces live in utils/run/ (docs/architecture.md).
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -34,11 +37,11 @@ import config  # noqa: E402
 from datasets import create_dataset  # noqa: E402
 from models import create_net  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.run import distributed, runlog  # noqa: E402
+from utils.run import distributed, preempt, runlog  # noqa: E402
 from utils.run.checkpoint import load_weights, state_bytes  # noqa: E402
 from utils.run.engine import NonFiniteLoss, test_metrics  # noqa: E402
 from utils.run.fit import fit  # noqa: E402
-from utils.run.loaders import make_loaders  # noqa: E402
+from utils.run.loaders import make_loaders, shared_memory_error  # noqa: E402
 from utils.run.memory import check_memory  # noqa: E402
 from utils.run.metrics import SpikeMonitor  # noqa: E402
 from utils.run.reproducibility import make_deterministic, seed_everything  # noqa: E402
@@ -80,6 +83,8 @@ def run(args) -> int:
         if args.resume is None:
             d.on_main(runlog.check_model_path, args.modelPath)       # fail before reading any data
         train_set, test_set, net = build(args, device, d.world_size)
+        if not args.eval_only:
+            preempt.STOP.defer()              # from here a signal stops after a step (preempt.py)
         run_dir = runlog.open_run_folder(args, d)
         d.say(f"run folder: {run_dir}")
         resuming = args.resume is not None and args.resume_checkpoint is not None
@@ -117,14 +122,29 @@ def main(argv=None) -> int:
     rank = distributed.env_rank()
     if rank != 0:                      # only rank 0 prints progress; every rank prints its own error
         sys.stdout = open(os.devnull, "w")
+    with preempt.STOP.installed():
+        code = stoppable_main(argv, rank)
+    # a DataLoader iterator kept alive by an error's traceback (a reference cycle) shuts its workers
+    # down now; left to the exit, multiprocessing would terminate them and torch would report that
+    # as a worker failure with a traceback
+    gc.collect()
+    return code
+
+
+def stoppable_main(argv, rank: int) -> int:
+    args = None
     try:
         args = config.parse_args(argv)
     except UserError as e:             # the same command line on every rank: rank 0 says it once
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except preempt.Stopped as e:
+        return stopped(e, None, rank)
     try:
         return run(args)
+    except preempt.Stopped as e:
+        return stopped(e, args, rank)
     except UserError as e:
         if not isinstance(e, distributed.RelayedError):      # rank 0 prints those
             print(f"error: {rank_prefix(rank)}{e}", file=sys.stderr)
@@ -133,11 +153,23 @@ def main(argv=None) -> int:
         print(f"error: {rank_prefix(rank)}{e}; stopping (the last good checkpoint and metrics.csv up "
               f"to the previous epoch are kept)", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        if rank == 0:
-            print("interrupted; metrics.csv and the last checkpoint are on disk (continue with -resume)",
-                  file=sys.stderr)
-        return 130
+    except RuntimeError as e:          # torch's, from the DataLoader workers: one line when it is shm
+        err = shared_memory_error(e)
+        if err is None:
+            raise
+        print(f"error: {rank_prefix(rank)}{err}", file=sys.stderr)
+        return 2
+
+
+def stopped(e: "preempt.Stopped", args, rank: int) -> int:
+    """The one line of a run stopped by a signal, and exit code 75. A stop before training began
+    (the handler raised, nothing of the run was written yet) continues a resumed run's folder, or
+    starts the command again."""
+    if e.run_dir is None and args is not None and args.resume is not None:
+        e.run_dir = args.run_dir
+    if rank == 0:
+        print(e.line(), file=sys.stderr, flush=True)
+    return preempt.EXIT_STOPPED
 
 
 def rank_prefix(rank: int) -> str:

@@ -17,7 +17,9 @@
   epoch, best accuracy and epoch, the metrics.csv rows so far, and the random-number-generator states
   of every process (python, numpy, torch CPU, torch CUDA). The learning rate is a function of the
   epoch (utils/run/engine.reference_lr), the sample order and the random training windows are functions
-  of (seed, epoch[, index]), so these states are all the randomness there is.
+  of (seed, epoch[, index]), so these states are all the randomness there is. A last.pth written
+  when a signal stopped the run inside an epoch also holds its ``position`` there (sample order,
+  next step, metric sums; utils/run/fit.py), its "epoch" being the last finished one.
 """
 from __future__ import annotations
 

@@ -90,6 +90,13 @@ class Dist:
         t = torch.tensor([1 if flag else 0], dtype=torch.int32)
         return bool(self.all_reduce_sum(t).item() == self.world_size)
 
+    def any_true(self, flag: bool) -> bool:
+        """True when ``flag`` is true on some rank (a stop request: every rank stops at the same step)."""
+        if not self.active:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        return bool(self.all_reduce_sum(t).item() > 0)
+
     def gather_objects(self, obj) -> list:
         """[obj of rank 0, obj of rank 1, ...] on every rank."""
         if not self.active:

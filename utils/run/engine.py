@@ -8,6 +8,8 @@ over the whole test batch).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +72,17 @@ def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler
 
 def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int = 0,
                     amp: bool = False, scaler=None, progress: bool = True, plan=None,
-                    world_size: int = 1, all_finite=None, on_step=None) -> dict:
-    """One epoch; returns this process's raw sums {'sums': [loss_sum, correct, seen]} (float64).
+                    world_size: int = 1, all_finite=None, on_step=None, resume=None,
+                    should_stop=None) -> dict:
+    """One epoch; returns this process's raw sums {'sums': [loss_sum, correct, seen]} (float64)
+    and {'steps': the index of the next step} (the epoch's step count unless stopped).
     ``on_step(b, loss)``, when given, receives each step's index and detached loss (TensorBoard).
+
+    Stopping and resuming inside the epoch (utils/run/fit.py): ``should_stop()`` is asked after
+    each step, and True ends the pass there; ``resume`` (:class:`EpochStart`) continues a pass
+    from its step and sums. The loader then yields the remaining batches only; its iterator is made
+    first, because making it draws the workers' base seed from torch's generator, and the saved
+    generator states (taken after the last finished step) are restored after that draw.
 
     Several processes (DistributedDataParallel): ``plan`` lists per step (samples of this rank
     that count, samples of the global batch) (utils/run/loaders.ShardedBatchSampler.plan). The rank's
@@ -82,11 +92,18 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
     and the loss is used as it is."""
     release_free_memory()                 # the test pass's blocks do not fit the training's
     net.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
-    for b, (x, y) in enumerate(bar):
+    first = resume.step if resume is not None else 0
+    sums = resume.sums if resume is not None else [0.0, 0.0, 0.0]
+    loss_sum = torch.tensor(sums[0], dtype=torch.float64, device=device)
+    correct = torch.tensor(int(sums[1]), dtype=torch.int64, device=device)
+    seen = int(sums[2])
+    batches = iter(loader)
+    if resume is not None:
+        resume.restore_rng()
+    bar = tqdm(batches, total=len(loader), desc=f"train {epoch}", leave=False,
+               disable=not progress, dynamic_ncols=True)
+    b = first - 1
+    for b, (x, y) in enumerate(bar, start=first):
         x = x.to(device, non_blocking=True).float()
         y = y.to(device, non_blocking=True)
         counted, global_n = plan[b] if plan is not None else (len(y), len(y))
@@ -103,13 +120,28 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
             on_step(b, loss)
         if progress:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])}
+        if should_stop is not None and should_stop():
+            break
+    bar.close()
+    return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]),
+            "steps": b + 1}
+
+
+@dataclass
+class EpochStart:
+    """Where a training pass resumes: ``step`` (the next one), this process's sums so far
+    [loss_sum, correct, seen], and ``restore_rng()``, which sets the random generators as they were
+    after step ``step - 1``."""
+    step: int
+    sums: list
+    restore_rng: Callable[[], None]
 
 
 @torch.no_grad()
 def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: bool = False,
-             progress: bool = True) -> dict:
-    """Test pass. Returns raw sums (for reduction across processes) under 'sums' and 'spikes'."""
+             progress: bool = True, should_stop=None) -> dict | None:
+    """Test pass. Returns raw sums (for reduction across processes) under 'sums' and 'spikes';
+    None when ``should_stop(b)``, asked before test batch b, said True (the pass is abandoned)."""
     release_free_memory()                 # the training pass's blocks do not fit the test's
     net.eval()
     monitor.reset()
@@ -117,7 +149,10 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     with monitor:
-        for x, y in tqdm(loader, desc="test", leave=False, disable=not progress, dynamic_ncols=True):
+        for b, (x, y) in enumerate(tqdm(loader, desc="test", leave=False, disable=not progress,
+                                        dynamic_ncols=True)):
+            if should_stop is not None and should_stop(b):
+                return None
             x = x.to(device, non_blocking=True).float()
             y = y.to(device, non_blocking=True)
             clip = x.shape[1]
@@ -132,10 +167,15 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
             "spikes": monitor.totals()}
 
 
-def test_metrics(net, loader, device, args, monitor: SpikeMonitor, d, progress: bool = True) -> dict:
+def test_metrics(net, loader, device, args, monitor: SpikeMonitor, d, progress: bool = True,
+                 should_stop=None) -> dict | None:
     """The test pass over this process's test batches, with sums added over the processes ``d``
-    before dividing: {test_loss, test_acc, test_nasfr, firing_rates}."""
-    res = evaluate(net, loader, device, args.num_classes, monitor, amp=args.amp, progress=progress)
+    before dividing: {test_loss, test_acc, test_nasfr, firing_rates}; None when stopped
+    (:func:`evaluate`)."""
+    res = evaluate(net, loader, device, args.num_classes, monitor, amp=args.amp, progress=progress,
+                   should_stop=should_stop)
+    if res is None:
+        return None
     out = summarise(d.all_reduce_sum(res["sums"]), "test")
     rates = monitor.rates(d.all_reduce_sum(res["spikes"]))
     out["test_nasfr"] = rates["nasfr"]

@@ -7,6 +7,18 @@ row, best.pth when the test accuracy is at least the best so far (ties: the late
 reference), and last.pth, the resume point, which carries the rows up to this epoch and every
 process's random-generator states. With -tensorboard (utils/run/tblog.py) the epoch's events are
 flushed first, so whatever last.pth says is done is in the event files too.
+
+Stopped by a signal (utils/run/preempt.py), a run finishes the training step in progress and
+writes last.pth at that position inside the epoch (:class:`Position`): the epoch's sample order,
+the next step, every process's metric sums and random-generator states after the last finished
+step, the optimizer and GradScaler (the learning rate is a function of the epoch). ``-resume``
+continues there: the same batches (each sample's random window is a function of (seed, epoch,
+index), datasets/frame_dataset.py, whichever worker draws it), the same dropout masks, the same
+sums, so metrics.csv and the TensorBoard steps equal an uninterrupted run's. A signal during the
+test pass abandons it (it is redone on resume: it draws no random number that training uses); a
+signal while the epoch's files are written is acted on once they are. With several processes,
+every process asks the others after each step whether one of them got a signal, so all stop
+after the same step, and rank 0 writes what every process saved.
 """
 from __future__ import annotations
 
@@ -19,8 +31,9 @@ import torch
 from utils.errors import UserError
 from utils.run import distributed
 from utils.run.checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
-from utils.run.engine import (NonFiniteLoss, make_optimizer, reference_lr, set_lr, summarise, test_metrics,
-                              train_one_epoch)
+from utils.run.engine import (EpochStart, NonFiniteLoss, make_optimizer, reference_lr, set_lr, summarise,
+                              test_metrics, train_one_epoch)
+from utils.run.preempt import STOP, Stopped
 from utils.run.reproducibility import NondeterminismReport, seed_everything
 from utils.run.runlog import MetricsCSV, read_rows
 from utils.run.tblog import TensorBoardLog
@@ -34,16 +47,39 @@ def metrics_fields(monitor) -> list[str]:
 
 
 @dataclass
+class Position:
+    """A place inside epoch ``epoch``: ``step`` of its ``steps`` training steps are done (all of
+    them: the test pass is next), with the epoch's sample ``order``, every process's metric sums
+    [loss_sum, correct, seen] and random-generator states after the last finished step, and the
+    epoch's seconds so far. Saved in last.pth as "position" (with "rng"), :func:`save_position`."""
+    epoch: int
+    step: int
+    steps: int
+    order: list
+    sums: list
+    rngs: list
+    seconds: float = 0.0
+
+    def rank_sums(self, d) -> list:
+        """This process's sums; saved with another process count, rank 0 carries them all."""
+        if len(self.sums) == d.world_size:
+            return list(self.sums[d.rank])
+        return [sum(s[i] for s in self.sums) for i in range(3)] if d.is_main else [0.0, 0.0, 0.0]
+
+
+@dataclass
 class Progress:
-    """Where a run stands: the next epoch, the best test accuracy so far and its epoch, and the
-    metrics.csv rows written so far (strings, as in the file)."""
+    """Where a run stands: the next epoch, the best test accuracy so far and its epoch, the
+    metrics.csv rows written so far (strings, as in the file), and the position inside the next
+    epoch when the run was stopped inside it."""
     start_epoch: int = 0
     best_acc: float = -1.0
     best_epoch: int = -1
     rows: list = field(default_factory=list)
+    position: Position | None = None
 
 
-def restore(ckpt: dict, optimizer, scaler, fields: list[str], args, d, run_dir: str) -> Progress:
+def restore(ckpt: dict, optimizer, scaler, fields: list[str], args, d, run_dir: str, sampler) -> Progress:
     """The optimizer, GradScaler and progress of a resumed run, from its last.pth."""
     optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler"):
@@ -52,11 +88,14 @@ def restore(ckpt: dict, optimizer, scaler, fields: list[str], args, d, run_dir: 
     if list(saved.get("fields", [])) != fields:
         raise UserError(f"-resume {args.resume_checkpoint}: its metrics columns differ from this "
                         f"network's; cannot continue")
-    p = Progress(ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"], [list(r) for r in saved["rows"]])
+    p = Progress(ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"], [list(r) for r in saved["rows"]],
+                 read_position(ckpt, args.resume_checkpoint, sampler))
     if d.is_main:
         extra = len(read_rows(os.path.join(run_dir, "metrics.csv"))[1]) - len(p.rows)
-        d.say(f"resume: epochs 1-{p.start_epoch} of {args.num_epochs} are in last.pth; continuing with "
-              f"epoch {p.start_epoch + 1}; best {p.best_acc:.2f}% (epoch {p.best_epoch + 1})" +
+        where = (f"continuing inside epoch {p.start_epoch + 1} after step {p.position.step}/{p.position.steps}"
+                 if p.position else f"continuing with epoch {p.start_epoch + 1}")
+        done = f"epochs 1-{p.start_epoch} of {args.num_epochs}" if p.start_epoch else "no epoch yet"
+        d.say(f"resume: {done} in last.pth; {where}; best {p.best_acc:.2f}% (epoch {p.best_epoch + 1})" +
               (f"; {extra} metrics.csv row(s) newer than the checkpoint are dropped and recomputed"
                if extra > 0 else ""))
     if ckpt.get("world_size", 1) != d.world_size:
@@ -66,12 +105,40 @@ def restore(ckpt: dict, optimizer, scaler, fields: list[str], args, d, run_dir: 
     return p
 
 
-def restore_rng(ckpt: dict | None, args, start_epoch: int, d) -> None:
-    """Every process's random generators as they were when last.pth was written (or, saved with
-    another process count, seeded from the epoch); several fresh processes get distinct seeds,
-    so that their dropout masks differ."""
-    if ckpt is not None:
-        rng = ckpt["rng"]
+def read_position(ckpt: dict, path: str, sampler) -> Position | None:
+    """The checkpoint's position inside an epoch (None at an epoch's end), checked against this
+    run's training set and batches; a malformed one is one error naming the file and the field."""
+    pos = ckpt.get("position")
+    if pos is None:
+        return None
+
+    def bad(what: str):
+        raise UserError(f"-resume {path}: field 'position' {what}; not a checkpoint this version wrote")
+    if not isinstance(pos, dict):
+        bad("is not a dictionary")
+    try:
+        epoch, step, steps = int(pos["epoch"]), int(pos["step"]), int(pos["steps"])
+        order, sums, seconds = pos["order"], pos["sums"], float(pos["seconds"])
+    except (KeyError, TypeError, ValueError) as e:
+        bad(f"lacks or mistypes {e}")
+    if epoch != ckpt["epoch"] + 1:
+        bad(f"says epoch {epoch}, the checkpoint's last finished epoch is {ckpt['epoch']}")
+    if steps != sampler.steps_per_epoch or not 0 <= step <= steps:
+        bad(f"has step {step} of {steps}; this run has {sampler.steps_per_epoch} steps per epoch")
+    if not (isinstance(order, torch.Tensor) and order.dim() == 1 and len(order) == sampler.n and
+            torch.equal(order.sort().values, torch.arange(sampler.n))):
+        bad(f"has no sample order of this run's {sampler.n} training samples")
+    if not (isinstance(sums, torch.Tensor) and sums.dim() == 2 and sums.shape[1] == 3 and
+            sums.shape[0] == len(ckpt["rng"])):
+        bad("has no metric sums for each process")
+    return Position(epoch, step, steps, order.tolist(), sums.tolist(), ckpt["rng"], seconds)
+
+
+def restore_rng(rng: list | None, args, start_epoch: int, d) -> None:
+    """Every process's random generators as they were when last.pth was written (``rng``, its
+    states of every process; saved with another process count: seeded from the epoch); several
+    fresh processes get distinct seeds, so that their dropout masks differ."""
+    if rng is not None:
         if len(rng) == d.world_size:
             set_rng_state(rng[d.rank])
         else:
@@ -87,23 +154,35 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
     optimizer = make_optimizer(net, args.lr, args.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     fields = metrics_fields(monitor)
-    progress = restore(ckpt, optimizer, scaler, fields, args, d, run_dir) if ckpt else Progress()
+    sampler = loaders[2]
+    progress = restore(ckpt, optimizer, scaler, fields, args, d, run_dir, sampler) if ckpt else Progress()
     log = d.on_main(lambda: MetricsCSV(os.path.join(run_dir, "metrics.csv"), fields, progress.rows))
     train_net = distributed.wrap(net, device, d)
-    restore_rng(ckpt, args, progress.start_epoch, d)
+    restore_rng(ckpt["rng"] if ckpt else None, args, progress.start_epoch, d)
     del ckpt
     if progress.start_epoch >= args.num_epochs:
         d.say(f"the run already finished all {args.num_epochs} epochs")
         return progress
-    tb = d.on_main(lambda: TensorBoardLog(run_dir, progress.start_epoch, len(loaders[0]))
-                   if args.tensorboard else None)
+    start = progress.position
+    tb = d.on_main(lambda: TensorBoardLog(run_dir, progress.start_epoch, sampler.steps_per_epoch,
+                                          start.step if start else 0) if args.tensorboard else None)
+    stop = StopRule(d, loaders[1].batch_sampler.rounds())
     try:
+        if stop.after_step():                  # a signal while the run was being set up
+            raise stop.stopped(run_dir, progress.start_epoch, start.step if start else 0,
+                               sampler.steps_per_epoch)
         for epoch in range(progress.start_epoch, args.num_epochs):
-            t0 = time.time()
+            t0 = time.time() - (start.seconds if start else 0.0)
             on_step = (lambda b, loss, e=epoch: tb.step(e, b, loss.item())) if tb else None
             with NondeterminismReport(args.deterministic and epoch == progress.start_epoch, d.say):
                 row = run_epoch(epoch, args, train_net, net, optimizer, scaler, loaders, train_set,
-                                monitor, device, d, on_step)
+                                monitor, device, d, on_step, start, stop)
+            start = None
+            if isinstance(row, Position):
+                row.seconds = time.time() - t0
+                d.on_main(save_position, row, log, net, optimizer, scaler, progress, args, d.world_size,
+                          run_dir, tb)
+                raise stop.stopped(run_dir, epoch, row.step, row.steps)
             row["epoch_seconds"] = round(time.time() - t0, 2)
             check_parameters(net, epoch)                   # before anything of this epoch is saved
             if row["test_acc"] >= progress.best_acc:       # ties: the later epoch, as the reference
@@ -115,6 +194,8 @@ def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir
             d.on_main(save_epoch, log, row, net, optimizer, scaler, progress, args, rngs, d.world_size,
                       run_dir, improved, tb)
             d.say(epoch_line(row, args.num_epochs, progress), flush=True)
+            if epoch + 1 < args.num_epochs and stop.after_step():   # a signal while the epoch's files were written
+                raise stop.stopped(run_dir, epoch + 1, 0, sampler.steps_per_epoch)
     finally:
         if tb is not None:
             tb.close()
@@ -142,21 +223,64 @@ def check_parameters(net, epoch: int) -> None:
                                 f"metrics.csv); check -lr and -weight_decay")
 
 
+class StopRule:
+    """When a signalled run stops: after a training step, or before a test batch, once some
+    process got a signal (utils/run/preempt.py). With several processes the processes agree with
+    one all-reduce, so all of them stop at the same step; in the test pass only while every
+    process still has a batch (test batches are dealt round-robin, ``test_rounds`` is the number
+    every process has), later requests are acted on after the epoch's files are written."""
+
+    def __init__(self, d, test_rounds: int):
+        self.d, self.test_rounds = d, test_rounds
+
+    def after_step(self) -> bool:
+        return self.d.any_true(STOP.requested)
+
+    def before_test_batch(self, b: int) -> bool:
+        if not self.d.active:
+            return STOP.requested
+        return b < self.test_rounds and self.d.any_true(STOP.requested)
+
+    def stopped(self, run_dir: str, epoch: int, step: int, steps: int) -> Stopped:
+        """The exception every process raises; the signal's name is the first process's that got one."""
+        names = [n for n in self.d.gather_objects(STOP.signame) if n]
+        how = "torchrun [the same options] train_test.py" if self.d.active else "python3 train_test.py"
+        return Stopped(names[0] if names else "a signal", run_dir, epoch, step, steps, how)
+
+
 def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, train_set, monitor,
-              device, d, on_step=None) -> dict:
-    """One training pass and one test pass; the metrics.csv row (without its time)."""
+              device, d, on_step=None, start: Position | None = None, stop: StopRule | None = None):
+    """One training pass and one test pass; the metrics.csv row (without its time), or the
+    :class:`Position` where a signal stopped it. ``start``: the position to continue from."""
     train_loader, test_loader, sampler = loaders
     lr = reference_lr(epoch, args.lr, args.num_epochs)
     set_lr(optimizer, lr)
-    sampler.set_epoch(epoch)
+    resume = None
+    if start is not None:
+        sampler.set_epoch(epoch, start.step, start.order)
+        resume = EpochStart(start.step, start.rank_sums(d), lambda: restore_rng(start.rngs, args, epoch, d))
+    else:
+        sampler.set_epoch(epoch)
     train_set.set_epoch(epoch)
-    sums = train_one_epoch(train_net, train_loader, optimizer, device, args.num_classes, epoch,
-                           amp=args.amp, scaler=scaler, progress=d.is_main,
-                           plan=sampler.plan() if d.active else None, world_size=d.world_size,
-                           all_finite=d.all_true if d.active else None, on_step=on_step)["sums"]
+    out = train_one_epoch(train_net, train_loader, optimizer, device, args.num_classes, epoch,
+                          amp=args.amp, scaler=scaler, progress=d.is_main,
+                          plan=sampler.plan() if d.active else None, world_size=d.world_size,
+                          all_finite=d.all_true if d.active else None, on_step=on_step, resume=resume,
+                          should_stop=stop.after_step if stop else None)
+    rng = rng_state()                         # after the last training step: the test loader draws
+    sums = out["sums"]
+
+    def position(step: int) -> Position:
+        return Position(epoch, step, sampler.steps_per_epoch, sampler.order(),
+                        d.gather_objects(sums.tolist()), d.gather_objects(rng))
+    if out["steps"] < sampler.steps_per_epoch:
+        return position(out["steps"])
     tr = summarise(d.all_reduce_sum(sums), "train")
     d.broadcast_buffers(net)                  # every rank tests with rank 0's BatchNorm statistics
-    te = test_metrics(net, test_loader, device, args, monitor, d, progress=d.is_main)
+    te = test_metrics(net, test_loader, device, args, monitor, d, progress=d.is_main,
+                      should_stop=stop.before_test_batch if stop else None)
+    if te is None:
+        return position(out["steps"])
     return {"epoch": epoch, "lr": lr, **tr, **{k: te[k] for k in ("test_loss", "test_acc", "test_nasfr")},
             **{f"fr_{n}": r for n, r in te["firing_rates"].items()}}
 
@@ -176,6 +300,22 @@ def save_epoch(log: MetricsCSV, row: dict, net, optimizer, scaler, progress: Pro
                          world_size=world_size)
     if improved:
         atomic_save(ck, os.path.join(run_dir, "best.pth"))
+    atomic_save(ck, os.path.join(run_dir, "last.pth"))
+
+
+def save_position(pos: Position, log: MetricsCSV, net, optimizer, scaler, progress: Progress, args,
+                  world_size: int, run_dir: str, tb=None) -> None:
+    """last.pth at a position inside an epoch (a signalled stop): TensorBoard's steps so far are
+    flushed first; "epoch" stays the last finished epoch, so whatever reads only that sees the
+    run as it was at that epoch's end."""
+    if tb is not None:
+        tb.flush()
+    ck = make_checkpoint(net, optimizer, pos.epoch - 1, progress.best_acc, progress.best_epoch, args,
+                         scaler=scaler, rng=pos.rngs, metrics={"fields": log.fields, "rows": log.rows},
+                         world_size=world_size)
+    ck["position"] = {"epoch": pos.epoch, "step": pos.step, "steps": pos.steps,
+                      "order": torch.tensor(pos.order, dtype=torch.int64),
+                      "sums": torch.tensor(pos.sums, dtype=torch.float64), "seconds": float(pos.seconds)}
     atomic_save(ck, os.path.join(run_dir, "last.pth"))
 
 

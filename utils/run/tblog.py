@@ -18,7 +18,8 @@ curves is the epoch (0-based, as in metrics.csv):
 
 Resume: each writer starts with ``purge_step`` at the first epoch (or step) that is redone, so
 TensorBoard drops whatever an interrupted run logged from there on and the curves continue without
-duplicates. The epoch's events are flushed before its metrics.csv row and last.pth are written:
+duplicates. The epoch's events are flushed before its metrics.csv row and last.pth are written,
+and a run stopped by a signal inside an epoch flushes its steps before that position's last.pth:
 whatever a checkpoint says is done is on disk, and anything newer is purged on resume.
 """
 from __future__ import annotations
@@ -60,14 +61,16 @@ def hparam_values(args) -> dict:
 class TensorBoardLog:
     """The two SummaryWriters of a run, opened at ``start_epoch`` (0 for a new run)."""
 
-    def __init__(self, run_dir: str, start_epoch: int, steps_per_epoch: int):
+    def __init__(self, run_dir: str, start_epoch: int, steps_per_epoch: int, start_step: int = 0):
+        """``start_step``: the first step of ``start_epoch`` still to do (a run stopped inside
+        that epoch, utils/run/preempt.py: the steps before it are kept, the rest purged)."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("-tensorboard: the tensorboard package is not installed (pip install "
                             "tensorboard, see requirements.txt), or pass -tensorboard false") from None
         self.steps_per_epoch = steps_per_epoch
-        first_step = start_epoch * steps_per_epoch
+        first_step = start_epoch * steps_per_epoch + start_step
         steps_dir = os.path.join(run_dir, STEPS_SUBDIR)
         if os.path.islink(steps_dir) or os.path.lexists(steps_dir) and not os.path.isdir(steps_dir):
             raise UserError(f"-tensorboard: {steps_dir} is a symbolic link or not a folder; refused (a run "
