@@ -229,7 +229,9 @@ def check_resume_fields(ckpt: dict, path: str, flag: str = "-resume") -> None:
             raise damaged(path, flag, f"field '{field}' is {_kind(ckpt[field])}, expected {expected}")
     need("model", lambda v: isinstance(v, Mapping) and all(isinstance(t, torch.Tensor) for t in v.values()),
          "a state dict of tensors")
-    need("epoch", lambda v: _is_int(v) and v >= 0, "an epoch number >= 0")
+    # a run stopped by a signal inside its first epoch has finished none: epoch -1 and a position
+    first = -1 if "position" in ckpt else 0
+    need("epoch", lambda v: _is_int(v) and v >= first, f"an epoch number >= {first}")
     need("best_epoch", lambda v: _is_int(v) and -1 <= v <= ckpt["epoch"], f"-1..{ckpt['epoch']}")
     need("best_acc", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
          "a finite number")
