@@ -1,0 +1,141 @@
+"""Run an exported NIR graph in another simulator (snntorch or norse) one time step at a time and
+compare every spiking layer with the spikes this project wrote (export_nir.py --samples).
+
+    from utils.analysis.nir_run import compare_file
+    res = compare_file("model.nir", "model.samples.npz", "snntorch")   # res.mismatches == 0
+
+Each importer reads the file with ``nir.read`` and builds its own modules; recordings go in one at
+a time without a batch dimension (NIR's shapes have none), the state is carried from step to step
+and reset between recordings. Forward hooks on the importer's neuron modules record their spikes.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+IMPORTERS = ("snntorch", "norse")
+
+
+def _snntorch(graph):
+    from snntorch.import_nir import import_from_nir
+    with contextlib.redirect_stdout(io.StringIO()):          # it prints progress lines
+        return import_from_nir(graph)
+
+
+def _norse(graph, dt: float):
+    import warnings
+    from norse.torch.utils.import_nir import from_nir
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return from_nir(graph, dt=dt)
+
+
+def load_module(graph, importer: str) -> torch.nn.Module:
+    """The importer's torch module of ``graph`` (a nir.NIRGraph)."""
+    if importer == "snntorch":
+        return _snntorch(graph)
+    if importer == "norse":
+        return _norse(graph, float(graph.metadata["dt"]))
+    raise UserError(f"importer {importer!r}: expected one of {', '.join(IMPORTERS)}")
+
+
+def _reset(module: torch.nn.Module) -> None:
+    """snntorch keeps its membranes in the neuron modules (init_hidden): zero them."""
+    for m in module.modules():
+        if hasattr(m, "reset_mem") and hasattr(m, "mem"):
+            m.reset_mem()
+
+
+@torch.no_grad()
+def run(module: torch.nn.Module, frames: np.ndarray, layers: list[str]) -> tuple[dict, np.ndarray]:
+    """({node: spikes [N, T, ...] uint8}, output [N, T, ...]) of ``module`` on ``frames``
+    [N, T, 2, X, Y], recording by recording and step by step."""
+    subs = dict(module.named_modules())
+    got: dict = {}
+    hooks = []
+    for node in layers:
+        name = node.replace(".", "_")
+        if name not in subs:
+            raise UserError(f"the imported module has no layer {name!r} for node {node!r}")
+
+        def hook(_m, _inp, out, node=node):
+            z = out[0] if isinstance(out, tuple) else out
+            got.setdefault(node, []).append(z.detach().to(torch.uint8).clone())
+        hooks.append(subs[name].register_forward_hook(hook))
+    outputs = []
+    try:
+        for rec in frames:
+            _reset(module)
+            state, outs = None, []
+            for t in range(rec.shape[0]):
+                out, state = module(torch.from_numpy(np.ascontiguousarray(rec[t])).float(), state)
+                outs.append(out.detach().float().clone())
+            outputs.append(torch.stack(outs))
+    finally:
+        for h in hooks:
+            h.remove()
+    n, T = frames.shape[:2]
+    spikes = {k: torch.stack(v).reshape(n, T, *v[0].shape).numpy() for k, v in got.items()}
+    return spikes, torch.stack(outputs).numpy()
+
+
+def predicted(output_spikes: np.ndarray, voting: int) -> np.ndarray:
+    """Classes from output spikes [N, T, classes*voting]: mean over T, mean of each vote group."""
+    rate = output_spikes.astype(np.float64).mean(axis=1)
+    return rate.reshape(rate.shape[0], -1, voting).mean(axis=2).argmax(axis=1)
+
+
+@dataclass
+class Comparison:
+    importer: str
+    spikes: int = 0                 # spikes of this project's network, all layers, steps, recordings
+    compared: int = 0               # neuron-steps compared
+    mismatches: int = 0             # neuron-steps whose spike differs
+    layers: int = 0
+    steps: int = 0
+    recordings: int = 0
+    same_classes: bool = False
+    per_layer: dict = field(default_factory=dict)
+
+
+def compare(graph, samples: dict, importer: str) -> Comparison:
+    """Run ``samples`` (the arrays of a --samples file) through ``graph`` in ``importer``."""
+    layers = json.loads(str(graph.metadata["spiking_layers"]))
+    module = load_module(graph, importer)
+    ref = {k[len("spikes/"):]: v for k, v in samples.items() if k.startswith("spikes/")}
+    got, _ = run(module, samples["frames"], list(layers))
+    res = Comparison(importer, layers=len(layers), steps=int(samples["frames"].shape[1]),
+                     recordings=int(samples["frames"].shape[0]))
+    for node in layers:
+        a, b = ref[node], got[node]
+        if a.shape != b.shape:
+            raise UserError(f"layer {node}: {importer} gave spikes {b.shape}, the project {a.shape}")
+        bad = int((a != b).sum())
+        res.per_layer[node] = bad
+        res.mismatches += bad
+        res.spikes += int(a.sum())
+        res.compared += a.size
+    last = list(layers)[-1]
+    res.same_classes = bool(np.array_equal(predicted(got[last], int(graph.metadata["voting"])),
+                                           samples["predicted"]))
+    return res
+
+
+def read_samples(path: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a samples file of export_nir ({e})") from None
+
+
+def compare_file(nir_path: str, samples_path: str, importer: str) -> Comparison:
+    import nir
+    return compare(nir.read(nir_path), read_samples(samples_path), importer)
