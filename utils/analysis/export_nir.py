@@ -34,7 +34,7 @@ from torch import nn
 from utils.errors import UserError
 from utils.files import atomic_write
 
-DT = 1e-4                       # seconds per time step written into the graph (snntorch assumes it)
+DT = 1e-4                       # seconds per time step (snntorch's importer assumes this one)
 EXACT = {"A": ("snntorch",), "D": ("snntorch",), "B": ("norse",), "C": ("norse",)}
 REFUSED = {
     "sew18": "SEW-ResNet-18 is not exported: its stem max pool pads by 1 (NIR's SumPool2d importers "
@@ -60,53 +60,72 @@ def _f32(shape, value) -> np.ndarray:
     return np.full(tuple(int(s) for s in shape), value, dtype=np.float32)
 
 
-def _search_tau(target: np.float32, coefficient, start: float) -> np.float32:
+def search_tau(target: float, coefficient, start: float) -> np.float32 | None:
     """The float32 tau nearest ``start`` whose importer-side ``coefficient(tau)`` (computed in
-    float32 as the importer does) equals ``target`` exactly."""
-    tau = np.float32(start)
+    float32 as the importer does) equals float32(``target``) exactly; None if there is none."""
+    target, tau = np.float32(target), np.float32(start)
     for _ in range(64):
-        if coefficient(tau) == target:
+        c = coefficient(tau)
+        if c == target:
             return tau
-        tau = np.nextafter(tau, np.float32(np.inf) if coefficient(tau) < target else np.float32(0))
-    raise UserError(f"no float32 time constant gives the factor {float(target)!r} exactly at dt {DT}")
+        tau = np.nextafter(tau, np.float32(np.inf) if c > target else np.float32(0))
+    return None
 
 
-def snntorch_beta(tau: np.float32) -> np.float32:
+def snntorch_beta(tau: np.float32, dt: float = DT) -> np.float32:
     """snntorch's decay for a nir.LIF: 1 - dt/tau, in float32 (numpy with a float32 tau)."""
-    return np.float32(1 - DT / np.asarray([tau], dtype=np.float32))[0]
+    return np.float32(1 - dt / np.asarray([tau], dtype=np.float32))[0]
 
 
-def norse_factor(tau: np.float32) -> np.float32:
+def norse_factor(tau: np.float32, dt: float) -> np.float32:
     """norse's Euler factor dt * (1/tau) of LIFBoxCell, in torch float32."""
-    return np.float32((DT * (1 / torch.from_numpy(np.asarray([tau], dtype=np.float32)).float()))[0].item())
+    inv = 1 / torch.from_numpy(np.asarray([tau], dtype=np.float32)).float()
+    return np.float32((dt * inv)[0].item())
 
 
-def lif_node(shape, decay: float, vth: float):
+def decay_input_tau(k: float, dt: float) -> np.float32 | None:
+    return search_tau(k, lambda tau: norse_factor(tau, dt), dt / k)
+
+
+def choose_dt(factors: list[float]) -> float:
+    """The time step of the graph: snntorch's 1e-4 s when every decay-input factor k has a
+    float32 tau whose norse factor dt*(1/tau) is k exactly, else the nearest step above it that
+    has one for every k (norse's factor is a product of two roundings and misses some k)."""
+    for j in range(20000):
+        dt = DT * (1.0 + j * 2.0 ** -20)
+        if all(decay_input_tau(k, dt) is not None for k in factors):
+            return dt
+    raise UserError(f"no time step near {DT} s writes the time constants {factors} exactly")
+
+
+def lif_node(shape, decay: float, vth: float, dt: float):
     """Arch A/D's LIF, u[t] = decay*r[t-1] + I[t], fire u >= Vth, reset to 0, as a nir.LIF.
 
     NIR's Euler step v += dt/tau*(v_leak - v + R*I) with tau = dt/(1 - decay), R = tau/dt,
     v_leak = 0 is v = decay*v + I: the input is not decayed."""
     import nir
-    tau = _search_tau(np.float32(decay), snntorch_beta, DT / (1.0 - decay))
-    return nir.LIF(tau=_f32(shape, tau), r=_f32(shape, tau / np.float32(DT)), v_leak=_f32(shape, 0.0),
+    tau = search_tau(decay, lambda t: snntorch_beta(t, dt), dt / (1.0 - decay))
+    if tau is None:
+        raise UserError(f"LIF decay {decay}: no float32 time constant gives it exactly at dt {dt}")
+    return nir.LIF(tau=_f32(shape, tau), r=_f32(shape, tau / np.float32(dt)), v_leak=_f32(shape, 0.0),
                    v_threshold=_f32(shape, below(vth)), v_reset=_f32(shape, 0.0))
 
 
-def decay_input_node(shape, k: float, vth: float):
+def decay_input_node(shape, k: float, vth: float, dt: float):
     """Arch B/C's decay-input neuron, H = V + (X - V)*k, fire H >= Vth, reset to 0, as a nir.LIF.
 
     NIR's Euler step with tau = dt/k, R = 1, v_leak = 0 is v + k*(I - v)."""
     import nir
-    tau = _search_tau(np.float32(k), norse_factor, DT / k)
+    tau = decay_input_tau(k, dt)
     return nir.LIF(tau=_f32(shape, tau), r=_f32(shape, 1.0), v_leak=_f32(shape, 0.0),
                    v_threshold=_f32(shape, below(vth)), v_reset=_f32(shape, 0.0))
 
 
-def any_spike_node(shape):
+def any_spike_node(shape, dt: float):
     """Fires when its input is >= 1 and keeps nothing (tau = dt): after a SumPool2d of spikes
     (counts 0, 1, 2, ...) it is the max pool of those spikes."""
     import nir
-    return nir.LIF(tau=_f32(shape, DT), r=_f32(shape, 1.0), v_leak=_f32(shape, 0.0),
+    return nir.LIF(tau=_f32(shape, dt), r=_f32(shape, 1.0), v_leak=_f32(shape, 0.0),
                    v_threshold=_f32(shape, 0.5), v_reset=_f32(shape, 0.0))
 
 
@@ -152,6 +171,7 @@ class Builder:
     """Nodes and edges of a chain, added in order; ``last`` is the node the next one reads."""
     nodes: dict = field(default_factory=dict)
     edges: list = field(default_factory=list)
+    dt: float = DT
     last: str = "input"
     spiking: dict = field(default_factory=dict)       # node name -> project module name
 
@@ -188,17 +208,21 @@ def _affine(linear: nn.Linear):
                       bias=linear.bias.detach().float().numpy().copy())
 
 
-def _neuron(m: nn.Module, shape):
+def charge_factor(m: nn.Module) -> float:
+    """k of a decay-input neuron (models/module/PLIF.py), as the float32 the project uses."""
+    return float(m.charge_factor(torch.zeros((), dtype=torch.float32)).detach())
+
+
+def _neuron(m: nn.Module, shape, dt: float):
     """The nir.LIF of a project neuron (models/module/LIF.py or PLIF.py)."""
     from models.module.LIF import LIF
     from models.module.PLIF import DecayInputNode
     if isinstance(m, LIF):
         if m.beta != 0.0 or m.vreset != 0.0:
             raise UserError(f"LIF with beta {m.beta} / vreset {m.vreset}: only beta = vreset = 0 is exported")
-        return lif_node(shape, m.decay, m.vth)
+        return lif_node(shape, m.decay, m.vth, dt)
     if isinstance(m, DecayInputNode):
-        k = float(m.charge_factor(torch.zeros((), dtype=torch.float32)).detach())
-        return decay_input_node(shape, k, m.v_threshold)
+        return decay_input_node(shape, charge_factor(m), m.v_threshold, dt)
     raise UserError(f"no NIR neuron for {type(m).__name__}")
 
 
@@ -214,12 +238,12 @@ def _lif_snn(net, b: Builder, frame) -> int:
         if isinstance(layer.pool, nn.AvgPool2d):
             b.add(f"{p}.pool", nir.AvgPool2d(**_pool_args(layer.pool.kernel_size)))
             hw = tuple(s // layer.pool.kernel_size for s in hw)
-        b.add(f"{p}.spike", _neuron(layer.spike[0], (conv.out_channels, *hw)), f"{p}.spike.0")
+        b.add(f"{p}.spike", _neuron(layer.spike[0], (conv.out_channels, *hw), b.dt), f"{p}.spike.0")
     b.add("flatten", nir.Flatten(input_type={"input": np.array([conv.out_channels, *hw])},
                                  start_dim=0, end_dim=-1))
     for i, layer in enumerate(net.FCs):
         b.add(f"FCs.{i}.linear", _affine(layer.linear[0]))
-        b.add(f"FCs.{i}.spike", _neuron(layer.spike[0], (layer.linear[0].out_features,)), f"FCs.{i}.spike.0")
+        b.add(f"FCs.{i}.spike", _neuron(layer.spike[0], (layer.linear[0].out_features,), b.dt), f"FCs.{i}.spike.0")
     return 1
 
 
@@ -237,11 +261,11 @@ def _plif_snn(net, b: Builder, frame) -> int:
         b.add(f"{p}.conv", _conv_node(conv, block.bn[0], hw, scale))
         hw = _out_hw(conv, hw)
         shape = (conv.out_channels, *hw)
-        b.add(f"{p}.spike", _neuron(block.spike[0], shape), f"{p}.0.spike.0")
+        b.add(f"{p}.spike", _neuron(block.spike[0], shape, b.dt), f"{p}.0.spike.0")
         b.add(f"{p}.pool", nir.SumPool2d(**_pool_args(2)))
         hw = tuple(s // 2 for s in hw)
         if isinstance(pool, nn.MaxPool2d):
-            b.add(f"{p}.max", any_spike_node((conv.out_channels, *hw)), f"{p}.1")
+            b.add(f"{p}.max", any_spike_node((conv.out_channels, *hw), b.dt), f"{p}.1")
             scale = 1.0
         else:
             scale = 0.25
@@ -250,7 +274,7 @@ def _plif_snn(net, b: Builder, frame) -> int:
     for i, seq in enumerate(net.FCs):
         fc = seq[1]
         b.add(f"FCs.{i}.fc", _affine(fc.fc))
-        b.add(f"FCs.{i}.spike", _neuron(fc.spike[0], (fc.fc.out_features,)), f"FCs.{i}.1.spike.0")
+        b.add(f"FCs.{i}.spike", _neuron(fc.spike[0], (fc.fc.out_features,), b.dt), f"FCs.{i}.1.spike.0")
     return net.voting
 
 
@@ -263,7 +287,8 @@ def build_graph(net: nn.Module, args):
         raise UserError(REFUSED[args.arch])
     if args.arch not in EXACT:
         raise UserError(f"arch {args.arch!r} has no NIR export (exported: {', '.join(sorted(EXACT))})")
-    b = Builder()
+    from models.module.PLIF import DecayInputNode
+    b = Builder(dt=choose_dt([charge_factor(m) for m in net.modules() if isinstance(m, DecayInputNode)]))
     frame = tuple(int(s) for s in args.frame_size)
     voting = (_lif_snn if args.arch in ("A", "D") else _plif_snn)(net, b, frame)
     classes = int(args.num_classes)
@@ -273,7 +298,7 @@ def build_graph(net: nn.Module, args):
     readout = ("mean over the T time steps of the output spikes" +
                (f", then the mean of each group of {voting} consecutive outputs (class votes)" if voting > 1 else "") +
                "; the predicted class is the largest")
-    metadata = {"source": "ASA-SNN", "arch": args.arch, "dt": DT, "time_steps": int(args.T),
+    metadata = {"source": "ASA-SNN", "arch": args.arch, "dt": b.dt, "time_steps": int(args.T),
                 "num_classes": classes, "voting": int(voting), "readout": readout,
                 "input": "per time step the event counts [2 polarities, X, Y] of one frame",
                 "firing": "v > v_threshold, v_threshold = the largest float32 below the project's "
@@ -373,7 +398,7 @@ def export(path: str, out: str, samples: int = 0) -> dict:
     buf = io.BytesIO()
     nir.write(buf, graph)
     data = buf.getvalue()
-    report = {"out": out, "arch": args.arch, "T": int(args.T), "dt": DT, "bytes": len(data),
+    report = {"out": out, "arch": args.arch, "T": int(args.T), "dt": float(graph.metadata["dt"]), "bytes": len(data),
               "spiking_layers": len(layers), "exact_importers": list(EXACT[args.arch])}
     written = []
     if samples:
@@ -409,16 +434,26 @@ def main(argv=None) -> int:
         p.error("--check needs --samples N (the recordings to compare on)")
     try:
         rep = export(a.checkpoint, a.out, a.samples)
-        print(f"wrote {a.out}: arch {rep['arch']}, T {rep['T']}, dt {rep['dt']:g} s, "
+        print(f"wrote {a.out}: arch {rep['arch']}, T {rep['T']}, dt {rep['dt']!r} s, "
               f"{rep['spiking_layers']} spiking layers, {rep['bytes']:,} bytes in {rep['seconds']:.2f} s; "
               f"runs exactly in: {', '.join(rep['exact_importers'])}")
         if "samples" in rep:
             print(f"wrote {rep['samples']['path']}: {rep['samples']['n']} test recordings")
+        failed = False
         for importer in a.check:
             from utils.analysis.nir_run import compare_file
-            res = compare_file(a.out, rep["samples"]["path"], importer)
-            print(f"{importer}: {res.spikes:,} spikes compared in {res.layers} layers x {res.steps} steps, "
+            try:
+                res = compare_file(a.out, rep["samples"]["path"], importer)
+            except UserError as e:
+                print(f"{importer}: not run: {e}")
+                failed = True
+                continue
+            print(f"{importer}: {res.compared:,} neuron-steps ({res.spikes:,} spikes) compared in "
+                  f"{res.layers} spiking layers x {res.steps} steps x {res.recordings} recordings: "
                   f"{res.mismatches} differ; predicted classes {'equal' if res.same_classes else 'DIFFER'}")
+            failed |= res.mismatches > 0 or not res.same_classes
+        if failed:
+            return 1
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,14 @@ import torch
 from utils.errors import UserError
 
 IMPORTERS = ("snntorch", "norse")
+# NIR node types each importer builds a module for (snntorch 1.0.0 with nirtorch's defaults, norse 1.1.0)
+SUPPORTED = {
+    "snntorch": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "AvgPool2d", "SumPool2d",
+                 "IF", "LIF", "CubaLIF"},
+    "norse": {"Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "IF", "LIF",
+              "CubaLIF"},
+}
+SNNTORCH_DT = 1e-4              # snntorch's importer steps every graph at this dt
 
 
 def _snntorch(graph):
@@ -37,8 +45,21 @@ def _norse(graph, dt: float):
         return from_nir(graph, dt=dt)
 
 
+def check_importable(graph, importer: str) -> None:
+    """UserError naming the first node (or the time step) that ``importer`` cannot run."""
+    if importer not in SUPPORTED:
+        raise UserError(f"importer {importer!r}: expected one of {', '.join(IMPORTERS)}")
+    for name, node in graph.nodes.items():
+        if type(node).__name__ not in SUPPORTED[importer]:
+            raise UserError(f"{importer} cannot import node {name!r}: it has no {type(node).__name__}")
+    dt = float(graph.metadata["dt"])
+    if importer == "snntorch" and dt != SNNTORCH_DT:
+        raise UserError(f"snntorch steps every graph at dt {SNNTORCH_DT} s, this graph's dt is {dt!r} s")
+
+
 def load_module(graph, importer: str) -> torch.nn.Module:
     """The importer's torch module of ``graph`` (a nir.NIRGraph)."""
+    check_importable(graph, importer)
     if importer == "snntorch":
         return _snntorch(graph)
     if importer == "norse":
