@@ -136,6 +136,10 @@ def test_snntorch_on_decay_input_neurons_is_close_not_exact_by_construction(arch
     """snntorch steps mem = beta*mem + I; H = V + (X - V)*k rounds differently (docs/nir.md), so
     its spikes are measured, not promised: the same classes and at most 0.1% of neuron-steps."""
     _, graph, samples = export_and_read(runs(arch), tmp_path)
+    if float(graph.metadata["dt"]) != ex.DT:         # B's learned k moved dt off snntorch's fixed step
+        with pytest.raises(UserError, match="snntorch steps every graph at dt 0.0001 s"):
+            nir_run.compare(graph, samples, "snntorch")
+        return
     res = nir_run.compare(graph, samples, "snntorch")
     assert res.same_classes and res.mismatches <= res.compared // 1000
 
