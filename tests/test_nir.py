@@ -289,7 +289,7 @@ def test_asa_network_is_refused_nothing_written(tmp_path, capsys):
 def test_sew18_is_refused_naming_the_layers(tmp_path, capsys):
     save_checkpoint(tmp_path / "sew.pth", arch="sew18")
     line = refused(capsys, tmp_path / "sew.pth", tmp_path / "m.nir")
-    assert "SEW-ResNet-18" in line and "max pool" in line and "residual ADD" in line
+    assert "SEW-ResNet-18" in line and "max pool pads by 1" in line and "AvgPool2d" in line
     assert not (tmp_path / "m.nir").exists()
 
 

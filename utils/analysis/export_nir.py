@@ -37,10 +37,10 @@ from utils.files import atomic_write
 DT = 1e-4                       # seconds per time step (snntorch's importer assumes this one)
 EXACT = {"A": ("snntorch",), "D": ("snntorch",), "B": ("norse",), "C": ("norse",)}
 REFUSED = {
-    "sew18": "SEW-ResNet-18 is not exported: its stem max pool pads by 1 (NIR's SumPool2d importers "
-             "ignore padding) and its residual ADD sums spike tensors inside the graph, which "
-             "snntorch's and norse's importers run in a different order than the project (only "
-             "arch A, B, C and D are exported)",
+    "sew18": "SEW-ResNet-18 is not exported: its stem max pool pads by 1, which the SumPool2d "
+             "imports of snntorch and norse ignore, and its head averages a whole feature map "
+             "(AvgPool2d), which norse, the one importer that runs its PLIF neurons exactly, "
+             "cannot import (exported: arch A, B, C, D)",
 }
 ASA_REASON = ("ASA is not exportable: its mask reads the whole time window before the first "
               "spike (not causal) and keeps a data-dependent top-k; no NIR primitive expresses "
