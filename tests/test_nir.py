@@ -22,29 +22,39 @@ EXACT = {"A": "snntorch", "D": "snntorch", "B": "norse", "C": "norse"}
 
 
 def affine_before_spikes(net) -> list:
-    """The BatchNorm / Linear that feeds each spiking layer of arch A-D, in order."""
+    """(BatchNorm or Linear, the spiking layer it feeds) of arch A-D and sew18, inputs first."""
+    if hasattr(net, "stem"):                                                     # sew18
+        return [(u.bn, u.sn) for u in net.modules() if hasattr(u, "sn")]
+    spiking = [m for m in net.modules() if getattr(m, "spiking", False)]
     if hasattr(net.ConvAttLIFs[0], "bn"):                                        # A, D
-        return [l.bn[0] for l in net.ConvAttLIFs] + [l.linear[0] for l in net.FCs]
-    return [s[0].bn[0] for s in net.ConvAttLIFs] + [s[1].fc for s in net.FCs]   # B, C
+        return list(zip([l.bn[0] for l in net.ConvAttLIFs] + [l.linear[0] for l in net.FCs], spiking))
+    return list(zip([s[0].bn[0] for s in net.ConvAttLIFs] + [s[1].fc for s in net.FCs], spiking))
 
 
 @torch.no_grad()
-def calibrate(net, x, low=0.04, high=0.3):
-    """Scale the affine map before each spiking layer, first to last, until the layer fires at a
-    rate in [low, high] on ``x``: one epoch on a few recordings leaves deep layers silent."""
-    spiking = [m for m in net.modules() if getattr(m, "spiking", False)]
-    for aff, neuron in zip(affine_before_spikes(net), spiking):
-        rate = {}
-        h = neuron.register_forward_hook(lambda m, i, o: rate.__setitem__("r", float(o.float().mean())))
-        for _ in range(60):
-            net(x)
-            if low <= rate["r"] <= high:
-                break
-            f = 1.6 if rate["r"] < low else 0.7
+def calibrate(net, x, share=0.1):
+    """Scale the BatchNorm / Linear before each spiking layer so that its largest ``share`` of
+    currents reaches about the threshold (one epoch on a few recordings leaves deep layers silent,
+    random weights too): one pass, each layer scaled as the pass reaches it."""
+    from models.module.LIF import LIF
+
+    def rescale(aff, neuron):
+        # the LIF integrates the current itself (Vth 0.3); a decay-input neuron halves it (Vth 1)
+        level = 1.1 * neuron.vth if isinstance(neuron, LIF) else 2.2 * neuron.v_threshold
+
+        def hook(_m, _inp, out):
+            q = torch.quantile(out.float().flatten()[:200_000], 1 - share)
+            f = level / float(q if q > 0 else out.abs().max().clamp_min(1e-6))
             aff.weight.mul_(f)
             aff.bias.mul_(f)
-        h.remove()
-        assert low <= rate["r"] <= high, (neuron, rate)
+            return out * f
+        return aff.register_forward_hook(hook)
+    hooks = [rescale(aff, neuron) for aff, neuron in affine_before_spikes(net)]
+    try:
+        net(x)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ equations and what each importer needs). The graph's metadata holds ``dt``, the 
 the readout (mean over T of the output spikes; arch B/C also average groups of 10 outputs) and
 which importers run the graph exactly.
 
-Exported: arch A and D (LIF), B and C (spikingjelly PLIF / LIF). Refused with one line: a network
-with ASA (its mask reads the whole time window and takes a data-dependent top-k: not causal, and
-no NIR primitive expresses it) and SEW-ResNet-18 (see ``REFUSED``). ``--samples N`` also writes
+Exported: arch A and D (LIF), B, C and SEW-ResNet-18 (spikingjelly PLIF / LIF). Refused with one
+line: a network with ASA (its mask reads the whole time window and takes a data-dependent top-k:
+not causal, and no NIR primitive expresses it). ``--samples N`` also writes
 ``<out>.samples.npz`` (format in docs/nir.md): the first clip of N test recordings and the spikes
 of every spiking layer of this project's network, so that a chip can be checked against it.
 """
@@ -35,13 +35,7 @@ from utils.errors import UserError
 from utils.files import atomic_write
 
 DT = 1e-4                       # seconds per time step (snntorch's importer assumes this one)
-EXACT = {"A": ("snntorch",), "D": ("snntorch",), "B": ("norse",), "C": ("norse",)}
-REFUSED = {
-    "sew18": "SEW-ResNet-18 is not exported: its stem max pool pads by 1, which the SumPool2d "
-             "imports of snntorch and norse ignore, and its head averages a whole feature map "
-             "(AvgPool2d), which norse, the one importer that runs its PLIF neurons exactly, "
-             "cannot import (exported: arch A, B, C, D)",
-}
+EXACT = {"A": ("snntorch",), "D": ("snntorch",), "B": ("norse",), "C": ("norse",), "sew18": ()}
 ASA_REASON = ("ASA is not exportable: its mask reads the whole time window before the first "
               "spike (not causal) and keeps a data-dependent top-k; no NIR primitive expresses "
               "either. Export a network trained with -attention no")
@@ -161,6 +155,8 @@ def folded_network(net: nn.Module) -> nn.Module:
         conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
         if isinstance(conv, nn.Sequential) and isinstance(bn, nn.Sequential):
             conv[0], bn[0] = _folded_conv(conv[0], bn[0]), nn.Identity()
+        elif isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):        # sew18
+            m.conv, m.bn = _folded_conv(conv, bn), nn.Identity()
     return net
 
 
@@ -168,19 +164,21 @@ def folded_network(net: nn.Module) -> nn.Module:
 
 @dataclass
 class Builder:
-    """Nodes and edges of a chain, added in order; ``last`` is the node the next one reads."""
+    """Nodes and edges, added in order; a node reads ``inputs`` (NIR sums several) or else the
+    node added before it (``last``)."""
     nodes: dict = field(default_factory=dict)
     edges: list = field(default_factory=list)
     dt: float = DT
     last: str = "input"
     spiking: dict = field(default_factory=dict)       # node name -> project module name
 
-    def add(self, name: str, node, project: str | None = None) -> None:
+    def add(self, name: str, node, project: str | None = None, inputs: list | None = None) -> str:
         self.nodes[name] = node
-        self.edges.append((self.last, name))
+        self.edges.extend((src, name) for src in (inputs or [self.last]))
         self.last = name
         if project is not None:
             self.spiking[name] = project
+        return name
 
 
 def _conv_node(conv: nn.Conv2d, bn, hw, scale: float = 1.0):
@@ -278,24 +276,67 @@ def _plif_snn(net, b: Builder, frame) -> int:
     return net.voting
 
 
+def _sew_unit(b: Builder, unit, p: str, hw, inputs: list) -> tuple[str, tuple]:
+    """conv+BN -> neuron of a SEW-ResNet unit reading the sum of ``inputs``."""
+    b.add(f"{p}.conv", _conv_node(unit.conv, unit.bn, hw), inputs=inputs)
+    hw = _out_hw(unit.conv, hw)
+    return b.add(f"{p}.sn", _neuron(unit.sn, (unit.conv.out_channels, *hw), b.dt), f"{p}.sn"), hw
+
+
+def _sew_resnet(net, b: Builder, frame) -> int:
+    """SEW-ResNet-18: stem -> max pool -> 4 x 2 SEW blocks (ADD) -> average pool -> flatten -> fc.
+
+    The stem's 3x3/2 max pool (padding 1) of spikes is a conv that counts each channel's spikes in
+    the window (a zero pad adds nothing to a count; the other channels enter with weight 0) and a
+    unit that fires at a count >= 1. A block's output ``conv2 + identity``
+    is not a node: every reader of it gets an edge from each summand, and NIR sums the edges into a
+    node (sums of spike counts, exact in float32 in any order). The head's average over the last
+    H x W map is a SumPool2d, its 1/(H*W) in the fc weights: the readout is not spiking."""
+    import nir
+    hw = tuple(frame)
+    sn, hw = _sew_unit(b, net.stem, "stem", hw, ["input"])
+    c = net.stem.conv.out_channels
+    mp = net.maxpool
+    ones = np.zeros((c, c, 3, 3), np.float32)      # channel to itself (nir types no grouped conv)
+    ones[np.arange(c), np.arange(c)] = 1.0
+    b.add("maxpool.sum", nir.Conv2d(input_shape=hw, weight=ones, stride=mp.stride, padding=mp.padding,
+                                    dilation=1, groups=1, bias=np.zeros(c, np.float32)), inputs=[sn])
+    hw = tuple((s + 2 * mp.padding - 3) // mp.stride + 1 for s in hw)
+    sources = [b.add("maxpool", any_spike_node((c, *hw), b.dt), "maxpool")]
+    for li in range(1, 5):
+        for bi, block in enumerate(getattr(net, f"layer{li}")):
+            p = f"layer{li}.{bi}"
+            r, out_hw = _sew_unit(b, block.conv1, f"{p}.conv1", hw, sources)
+            r, out_hw = _sew_unit(b, block.conv2, f"{p}.conv2", out_hw, [r])
+            if block.downsample is not None:
+                sources = [_sew_unit(b, block.downsample, f"{p}.downsample", hw, sources)[0]]
+            sources, hw = [r] + sources, out_hw
+    c = net.fc.in_features
+    b.add("avgpool", nir.SumPool2d(kernel_size=np.array(hw), stride=np.array(hw), padding=np.array([0, 0])),
+          inputs=sources)
+    b.add("flatten", nir.Flatten(input_type={"input": np.array([c, 1, 1])}, start_dim=0, end_dim=-1))
+    w = net.fc.weight.detach().double() / (hw[0] * hw[1])
+    b.add("fc", nir.Affine(weight=w.float().numpy(), bias=net.fc.bias.detach().float().numpy().copy()))
+    return 1
+
+
 def build_graph(net: nn.Module, args):
     """(nir.NIRGraph, {spiking node name: project module name}) of ``net`` built with ``args``."""
     import nir
     if args.attention != "no":
         raise UserError(ASA_REASON)
-    if args.arch in REFUSED:
-        raise UserError(REFUSED[args.arch])
     if args.arch not in EXACT:
         raise UserError(f"arch {args.arch!r} has no NIR export (exported: {', '.join(sorted(EXACT))})")
     from models.module.PLIF import DecayInputNode
     b = Builder(dt=choose_dt([charge_factor(m) for m in net.modules() if isinstance(m, DecayInputNode)]))
     frame = tuple(int(s) for s in args.frame_size)
-    voting = (_lif_snn if args.arch in ("A", "D") else _plif_snn)(net, b, frame)
+    build = {"A": _lif_snn, "D": _lif_snn, "B": _plif_snn, "C": _plif_snn, "sew18": _sew_resnet}[args.arch]
+    voting = build(net, b, frame)
     classes = int(args.num_classes)
     nodes = {"input": nir.Input(input_type={"input": np.array([2, *frame])}), **b.nodes,
              "output": nir.Output(output_type={"output": np.array([classes * voting])})}
     edges = b.edges + [(b.last, "output")]
-    readout = ("mean over the T time steps of the output spikes" +
+    readout = ("mean over the T time steps of the output " + ("values (fc, no neuron)" if args.arch == "sew18" else "spikes") +
                (f", then the mean of each group of {voting} consecutive outputs (class votes)" if voting > 1 else "") +
                "; the predicted class is the largest")
     metadata = {"source": "ASA-SNN", "arch": args.arch, "dt": b.dt, "time_steps": int(args.T),
@@ -311,6 +352,11 @@ def build_graph(net: nn.Module, args):
 
 # --- reference spikes -------------------------------------------------------------------------
 
+def _steps(x: torch.Tensor, n: int, t: int) -> torch.Tensor:
+    """``x`` as [N, T, ...]: sew18's max pool runs on the [N*T, ...] frames."""
+    return x if tuple(x.shape[:2]) == (n, t) else x.reshape(n, t, *x.shape[1:])
+
+
 @torch.no_grad()
 def reference(net: nn.Module, frames: torch.Tensor, layers: dict) -> tuple[dict, torch.Tensor]:
     """({spiking node: spikes [N, T, ...] as uint8}, logits [N, classes]) of ``net`` on
@@ -319,7 +365,7 @@ def reference(net: nn.Module, frames: torch.Tensor, layers: dict) -> tuple[dict,
     got, hooks = {}, []
     for node, name in layers.items():
         def hook(_m, _inp, out, node=node):
-            got[node] = out.detach().to(torch.uint8)
+            got[node] = _steps(out.detach(), *frames.shape[:2]).to(torch.uint8)
         hooks.append(modules[name].register_forward_hook(hook))
     try:
         logits = net(frames.float())
@@ -415,7 +461,7 @@ def export(path: str, out: str, samples: int = 0) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m utils.analysis.export_nir",
-                                description="Export a LIF-SNN checkpoint (-attention no; arch A, B, C, D) "
+                                description="Export a LIF-SNN checkpoint (-attention no; arch A, B, C, D, sew18) "
                                             "to a NIR graph (docs/nir.md).")
     p.add_argument("checkpoint", metavar="CHECKPOINT|RUN_DIR",
                    help="a checkpoint of this project, or a run folder (its best.pth)")
@@ -436,7 +482,7 @@ def main(argv=None) -> int:
         rep = export(a.checkpoint, a.out, a.samples)
         print(f"wrote {a.out}: arch {rep['arch']}, T {rep['T']}, dt {rep['dt']!r} s, "
               f"{rep['spiking_layers']} spiking layers, {rep['bytes']:,} bytes in {rep['seconds']:.2f} s; "
-              f"runs exactly in: {', '.join(rep['exact_importers'])}")
+              f"runs exactly in: {', '.join(rep['exact_importers']) or 'none of snntorch, norse (docs/nir.md)'}")
         if "samples" in rep:
             print(f"wrote {rep['samples']['path']}: {rep['samples']['n']} test recordings")
         failed = False

@@ -52,6 +52,12 @@ def check_importable(graph, importer: str) -> None:
     for name, node in graph.nodes.items():
         if type(node).__name__ not in SUPPORTED[importer]:
             raise UserError(f"{importer} cannot import node {name!r}: it has no {type(node).__name__}")
+    if importer == "norse":
+        joins = sorted({dst for _, dst in graph.edges if sum(d == dst for _, d in graph.edges) > 1})
+        if joins:
+            raise UserError(f"norse cannot run node {joins[0]!r} right: it sums several inputs, and "
+                            f"norse's executor (nirtorch.load) orders nodes depth first, so a sum can "
+                            f"run before one of its inputs and read that input's previous time step")
     dt = float(graph.metadata["dt"])
     if importer == "snntorch" and dt != SNNTORCH_DT:
         raise UserError(f"snntorch steps every graph at dt {SNNTORCH_DT} s, this graph's dt is {dt!r} s")
@@ -107,9 +113,10 @@ def run(module: torch.nn.Module, frames: np.ndarray, layers: list[str]) -> tuple
     return spikes, torch.stack(outputs).numpy()
 
 
-def predicted(output_spikes: np.ndarray, voting: int) -> np.ndarray:
-    """Classes from output spikes [N, T, classes*voting]: mean over T, mean of each vote group."""
-    rate = output_spikes.astype(np.float64).mean(axis=1)
+def predicted(outputs: np.ndarray, voting: int) -> np.ndarray:
+    """Classes from the graph's outputs [N, T, classes*voting] (spikes, or sew18's fc values):
+    mean over T, then the mean of each vote group."""
+    rate = outputs.astype(np.float64).mean(axis=1)
     return rate.reshape(rate.shape[0], -1, voting).mean(axis=2).argmax(axis=1)
 
 
@@ -131,7 +138,7 @@ def compare(graph, samples: dict, importer: str) -> Comparison:
     layers = json.loads(str(graph.metadata["spiking_layers"]))
     module = load_module(graph, importer)
     ref = {k[len("spikes/"):]: v for k, v in samples.items() if k.startswith("spikes/")}
-    got, _ = run(module, samples["frames"], list(layers))
+    got, outputs = run(module, samples["frames"], list(layers))
     res = Comparison(importer, layers=len(layers), steps=int(samples["frames"].shape[1]),
                      recordings=int(samples["frames"].shape[0]))
     for node in layers:
@@ -143,8 +150,7 @@ def compare(graph, samples: dict, importer: str) -> Comparison:
         res.mismatches += bad
         res.spikes += int(a.sum())
         res.compared += a.size
-    last = list(layers)[-1]
-    res.same_classes = bool(np.array_equal(predicted(got[last], int(graph.metadata["voting"])),
+    res.same_classes = bool(np.array_equal(predicted(outputs, int(graph.metadata["voting"])),
                                            samples["predicted"]))
     return res
 
