@@ -161,6 +161,43 @@ def test_norse_refuses_lif_snn_naming_the_pooling_node(arch, runs, tmp_path):
         nir_run.compare(graph, samples, "norse")
 
 
+@pytest.fixture(scope="module")
+def small_sew():
+    """A SEW-ResNet-18 of widths 4-8-8-8 (random, calibrated), its run settings and 16x16 frames
+    of 3 synthetic recordings and, when present, 3 real N-MNIST recordings."""
+    import config as cli
+    from models.sew_resnet import SEWResNet18
+    args = cli.parse_args(["-dataset", "synthetic", "-arch", "sew18", "-attention", "no", "-T", "4",
+                           "-ds", "8", "-synthetic_test", "3", "-num_work", "0"])
+    assert tuple(args.frame_size) == (16, 16)
+    torch.manual_seed(0)
+    net = SEWResNet18(4, 10, attention="no", widths=(4, 8, 8, 8)).eval()
+    frames = [ex.test_frames(args, 3)[0]]
+    samples_dir = shared_samples()
+    if samples_dir is not None and (samples_dir / "nmnist_train").is_dir():
+        frames.append(nmnist_frames(samples_dir / "nmnist_train", 3, 4, (16, 16)))
+    x = torch.cat(frames)
+    calibrate(net, x)
+    return net, args, x
+
+
+def test_sew18_runs_in_snntorch_close_and_norse_is_refused(small_sew, tmp_path):
+    """The graph is exact NIR; snntorch runs its sums in order but rounds the PLIF differently
+    (measured), norse's executor would run a residual sum before one of its inputs (refused)."""
+    net, args, x = small_sew
+    graph, layers = ex.build_graph(net, args)
+    nir.write(str(tmp_path / "s.nir"), graph)
+    graph = nir.read(str(tmp_path / "s.nir"))
+    spikes, logits = ex.reference(ex.folded_network(net), x, layers)
+    samples = {"frames": x.numpy(), "predicted": logits.argmax(1).numpy(),
+               **{f"spikes/{k}": v.numpy() for k, v in spikes.items()}}
+    assert len(layers) == 21 and all(0 < v.float().mean() < 1 for v in spikes.values())
+    res = nir_run.compare(graph, samples, "snntorch")
+    assert res.same_classes and res.mismatches <= res.compared // 1000
+    with pytest.raises(UserError, match="norse cannot run node .* it sums several inputs"):
+        nir_run.compare(graph, samples, "norse")
+
+
 # --- the neuron maps, hand-computed ---------------------------------------------------------------
 
 def one_layer_graph(node, n, dt):
@@ -296,11 +333,17 @@ def test_asa_network_is_refused_nothing_written(tmp_path, capsys):
     assert out.read_bytes() == b"user's file" and not (tmp_path / "m.nir.tmp").exists()
 
 
-def test_sew18_is_refused_naming_the_layers(tmp_path, capsys):
+def test_sew18_exports_from_a_checkpoint(tmp_path, capsys):
     save_checkpoint(tmp_path / "sew.pth", arch="sew18")
-    line = refused(capsys, tmp_path / "sew.pth", tmp_path / "m.nir")
-    assert "SEW-ResNet-18" in line and "max pool pads by 1" in line and "AvgPool2d" in line
-    assert not (tmp_path / "m.nir").exists()
+    assert ex.main([str(tmp_path / "sew.pth"), "--out", str(tmp_path / "m.nir")]) == 0
+    assert "runs exactly in: none of snntorch, norse" in capsys.readouterr().out
+    graph = nir.read(str(tmp_path / "m.nir"))
+    assert graph.metadata["exact_importers"] == "" and isinstance(graph.nodes["avgpool"], nir.SumPool2d)
+    # layer2.0's output is its conv2 plus its downsample: both feed layer2.1's conv1 and identity
+    into = lambda n: sorted(src for src, dst in graph.edges if dst == n)      # noqa: E731
+    assert into("layer2.1.conv1.conv") == ["layer2.0.conv2.sn", "layer2.0.downsample.sn"]
+    assert into("layer2.1.conv2.conv") == ["layer2.1.conv1.sn"]
+    assert into("avgpool") == ["layer4.0.conv2.sn", "layer4.0.downsample.sn", "layer4.1.conv2.sn"]
 
 
 def test_unknown_arch_is_refused(tmp_path, capsys):
