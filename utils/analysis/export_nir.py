@@ -500,10 +500,7 @@ def main(argv=None) -> int:
             failed |= res.mismatches > 0 or not res.same_classes
         if failed:
             return 1
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
