@@ -256,6 +256,8 @@ def test_learned_plif_factors_are_written_exactly():
         assert dt >= ex.DT
         for k in group:
             assert ex.norse_factor(ex.decay_input_tau(k, dt), dt) == np.float32(k)
+    many = torch.linspace(-3, 3, 41).sigmoid().tolist()          # sew18 has 20 PLIF layers
+    assert ex.choose_dt(many, tries=64) is None                  # -> dt 1e-4, norse not exact
 
 
 def test_batchnorm_folding_hand_computed():

@@ -36,8 +36,8 @@ from utils.files import atomic_write
 
 DT = 1e-4                       # seconds per time step (snntorch's importer assumes this one)
 EXACT = {"A": ("snntorch",), "D": ("snntorch",), "B": ("norse",), "C": ("norse",), "sew18": ()}
-ASA_REASON = ("ASA is not exportable: its mask reads the whole time window before the first "
-              "spike (not causal) and keeps a data-dependent top-k; no NIR primitive expresses "
+ASA_REASON = ("ASA is not exportable: its mask reads the whole time window (all T steps decide "
+              "step t: not causal) and keeps a data-dependent top-k; no NIR primitive expresses "
               "either. Export a network trained with -attention no")
 
 
@@ -54,15 +54,18 @@ def _f32(shape, value) -> np.ndarray:
     return np.full(tuple(int(s) for s in shape), value, dtype=np.float32)
 
 
-def search_tau(target: float, coefficient, start: float) -> np.float32 | None:
-    """The float32 tau nearest ``start`` whose importer-side ``coefficient(tau)`` (computed in
-    float32 as the importer does) equals float32(``target``) exactly; None if there is none."""
-    target, tau = np.float32(target), np.float32(start)
-    for _ in range(64):
-        c = coefficient(tau)
-        if c == target:
-            return tau
-        tau = np.nextafter(tau, np.float32(np.inf) if c > target else np.float32(0))
+def search_tau(target: float, coefficient, start: float, ulps: int = 8) -> np.float32 | None:
+    """The float32 tau nearest ``start`` (within ``ulps``) whose importer-side ``coefficient(tau)``
+    (computed in float32 as the importer does) equals float32(``target``) exactly, else None."""
+    target = np.float32(target)
+    up = down = np.float32(start)
+    if coefficient(up) == target:
+        return up
+    for _ in range(ulps):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+        for tau in (up, down):
+            if coefficient(tau) == target:
+                return tau
     return None
 
 
@@ -81,15 +84,16 @@ def decay_input_tau(k: float, dt: float) -> np.float32 | None:
     return search_tau(k, lambda tau: norse_factor(tau, dt), dt / k)
 
 
-def choose_dt(factors: list[float]) -> float:
+def choose_dt(factors: list[float], tries: int = 4096) -> float | None:
     """The time step of the graph: snntorch's 1e-4 s when every decay-input factor k has a
-    float32 tau whose norse factor dt*(1/tau) is k exactly, else the nearest step above it that
-    has one for every k (norse's factor is a product of two roundings and misses some k)."""
-    for j in range(20000):
+    float32 tau whose norse factor dt*(1/tau) is k exactly, else the nearest step above it (in
+    steps of 1e-4 * 2^-20) that has one for every k: norse's factor is a product of two roundings
+    and misses about one k in two. None when no step tried has one for every k."""
+    for j in range(tries):
         dt = DT * (1.0 + j * 2.0 ** -20)
         if all(decay_input_tau(k, dt) is not None for k in factors):
             return dt
-    raise UserError(f"no time step near {DT} s writes the time constants {factors} exactly")
+    return None
 
 
 def lif_node(shape, decay: float, vth: float, dt: float):
@@ -111,6 +115,7 @@ def decay_input_node(shape, k: float, vth: float, dt: float):
     NIR's Euler step with tau = dt/k, R = 1, v_leak = 0 is v + k*(I - v)."""
     import nir
     tau = decay_input_tau(k, dt)
+    tau = np.float32(dt / k) if tau is None else tau       # no exact one (choose_dt found no step)
     return nir.LIF(tau=_f32(shape, tau), r=_f32(shape, 1.0), v_leak=_f32(shape, 0.0),
                    v_threshold=_f32(shape, below(vth)), v_reset=_f32(shape, 0.0))
 
@@ -328,7 +333,9 @@ def build_graph(net: nn.Module, args):
     if args.arch not in EXACT:
         raise UserError(f"arch {args.arch!r} has no NIR export (exported: {', '.join(sorted(EXACT))})")
     from models.module.PLIF import DecayInputNode
-    b = Builder(dt=choose_dt([charge_factor(m) for m in net.modules() if isinstance(m, DecayInputNode)]))
+    dt = choose_dt([charge_factor(m) for m in net.modules() if isinstance(m, DecayInputNode)])
+    exact = EXACT[args.arch] if dt is not None else tuple(i for i in EXACT[args.arch] if i != "norse")
+    b = Builder(dt=DT if dt is None else dt)
     frame = tuple(int(s) for s in args.frame_size)
     build = {"A": _lif_snn, "D": _lif_snn, "B": _plif_snn, "C": _plif_snn, "sew18": _sew_resnet}[args.arch]
     voting = build(net, b, frame)
@@ -344,7 +351,7 @@ def build_graph(net: nn.Module, args):
                 "input": "per time step the event counts [2 polarities, X, Y] of one frame",
                 "firing": "v > v_threshold, v_threshold = the largest float32 below the project's "
                           "threshold: the project's u >= Vth in float32",
-                "exact_importers": ",".join(EXACT[args.arch]),
+                "exact_importers": ",".join(exact),
                 "spiking_layers": json.dumps(b.spiking)}
     graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
     return graph, dict(b.spiking)
@@ -445,7 +452,8 @@ def export(path: str, out: str, samples: int = 0) -> dict:
     nir.write(buf, graph)
     data = buf.getvalue()
     report = {"out": out, "arch": args.arch, "T": int(args.T), "dt": float(graph.metadata["dt"]), "bytes": len(data),
-              "spiking_layers": len(layers), "exact_importers": list(EXACT[args.arch])}
+              "spiking_layers": len(layers),
+              "exact_importers": [i for i in str(graph.metadata["exact_importers"]).split(",") if i]}
     written = []
     if samples:
         frames, labels = test_frames(args, samples)
