@@ -152,9 +152,28 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return new.eval()
 
 
-def folded_network(net: nn.Module) -> nn.Module:
+class OneFrame(nn.Module):
+    """A conv or linear layer applied to one frame (one sample, one time step) at a time, without
+    a batch dimension, as a simulator stepping a NIR graph calls it. oneDNN sums a frame in another
+    order when it is part of a batch (about 10% of the outputs of a conv differ by an ulp), and an
+    ulp at a threshold is a spike."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_frame = 3 if isinstance(self.layer, nn.Conv2d) else 1
+        flat = x.reshape(-1, *x.shape[x.dim() - per_frame:])
+        return torch.stack([self.layer(f) for f in flat]).reshape(*x.shape[:x.dim() - per_frame],
+                                                                 *self.layer(flat[0]).shape)
+
+
+def folded_network(net: nn.Module, one_frame: bool = True) -> nn.Module:
     """A copy of ``net`` (eval mode) whose every conv -> BatchNorm pair is one conv with the
-    BatchNorm folded in: the network the NIR graph describes, run by this project's own layers."""
+    BatchNorm folded in: the network the NIR graph describes, run by this project's own layers;
+    ``one_frame``: its convs and linear layers see one frame at a time (``OneFrame``), as in a
+    simulator that steps the graph."""
     net = copy.deepcopy(net).eval()
     for m in net.modules():
         conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
@@ -162,6 +181,11 @@ def folded_network(net: nn.Module) -> nn.Module:
             conv[0], bn[0] = _folded_conv(conv[0], bn[0]), nn.Identity()
         elif isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):        # sew18
             m.conv, m.bn = _folded_conv(conv, bn), nn.Identity()
+    if one_frame:
+        for m in list(net.modules()):
+            for name, child in list(m.named_children()):
+                if isinstance(child, (nn.Conv2d, nn.Linear)):
+                    setattr(m, name, OneFrame(child))
     return net
 
 

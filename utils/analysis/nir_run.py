@@ -115,9 +115,10 @@ def run(module: torch.nn.Module, frames: np.ndarray, layers: list[str]) -> tuple
 
 def predicted(outputs: np.ndarray, voting: int) -> np.ndarray:
     """Classes from the graph's outputs [N, T, classes*voting] (spikes, or sew18's fc values):
-    mean over T, then the mean of each vote group."""
-    rate = outputs.astype(np.float64).mean(axis=1)
-    return rate.reshape(rate.shape[0], -1, voting).mean(axis=2).argmax(axis=1)
+    the mean of each vote group, then over T, in float32 in the project's order (equal spike
+    counts spread differently over the steps round apart, and argmax breaks ties by order)."""
+    x = torch.from_numpy(outputs).float()
+    return x.unflatten(2, (-1, voting)).mean(dim=3).mean(dim=1).argmax(dim=1).numpy()
 
 
 @dataclass
