@@ -11,6 +11,7 @@ import torch
 import nir
 
 from conftest import ROOT
+from models.module import spiking_layers
 from event_writers import shared_samples
 from utils.analysis import export_nir as ex
 from utils.analysis import nir_run
@@ -25,7 +26,7 @@ def affine_before_spikes(net) -> list:
     """(BatchNorm or Linear, the spiking layer it feeds) of arch A-D and sew18, inputs first."""
     if hasattr(net, "stem"):                                                     # sew18
         return [(u.bn, u.sn) for u in net.modules() if hasattr(u, "sn")]
-    spiking = [m for m in net.modules() if getattr(m, "spiking", False)]
+    spiking = [m for _, m in spiking_layers(net)]
     if hasattr(net.ConvAttLIFs[0], "bn"):                                        # A, D
         return list(zip([l.bn[0] for l in net.ConvAttLIFs] + [l.linear[0] for l in net.FCs], spiking))
     return list(zip([s[0].bn[0] for s in net.ConvAttLIFs] + [s[1].fc for s in net.FCs], spiking))
@@ -36,7 +37,7 @@ def calibrate(net, x, share=0.1):
     """Scale the BatchNorm / Linear before each spiking layer so that its largest ``share`` of
     currents reaches about the threshold (one epoch on a few recordings leaves deep layers silent,
     random weights too): one pass, each layer scaled as the pass reaches it."""
-    from models.module.LIF import LIF
+    from models.module.lif import LIF
 
     def rescale(aff, neuron):
         # the LIF integrates the current itself (Vth 0.3); a decay-input neuron halves it (Vth 1)
@@ -215,7 +216,7 @@ def run_one_layer(node, currents, importer, dt=ex.DT):
 
 
 def test_lif_map_fires_at_equality_and_does_not_decay_the_input():
-    from models.module.LIF import lif_eager
+    from models.module.lif import lif_eager
     thr, d = np.float32(0.3), np.float32(0.3)
     prev = ex.below(0.3)
     assert prev < thr and np.nextafter(prev, np.float32(1)) == thr        # one float32 apart
@@ -232,7 +233,7 @@ def test_lif_map_fires_at_equality_and_does_not_decay_the_input():
 
 
 def test_decay_input_map_fires_at_equality_in_norse():
-    from models.module.PLIF import decay_input_eager
+    from models.module.decay_input import decay_input_eager
     k = torch.tensor(0.5)
     # column 0: X = 2 -> H = 1 exactly (spike), then H just below 1 (none), decaying, then 3;
     # column 1: X = 1.5 -> H = 0.75, 1.125 (spike, reset), 0.75, 1.125: the input is decayed

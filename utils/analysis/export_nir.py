@@ -236,14 +236,14 @@ def _affine(linear: nn.Linear):
 
 
 def charge_factor(m: nn.Module) -> float:
-    """k of a decay-input neuron (models/module/PLIF.py), as the float32 the project uses."""
+    """k of a decay-input neuron (models/module/decay_input.py), as the float32 the project uses."""
     return float(m.charge_factor(torch.zeros((), dtype=torch.float32)).detach())
 
 
 def _neuron(m: nn.Module, shape, dt: float):
-    """The nir.LIF of a project neuron (models/module/LIF.py or PLIF.py)."""
-    from models.module.LIF import LIF
-    from models.module.PLIF import DecayInputNode
+    """The nir.LIF of a project neuron (models/module/lif.py or decay_input.py)."""
+    from models.module.lif import LIF
+    from models.module.decay_input import DecayInputNode
     if isinstance(m, LIF):
         if m.beta != 0.0 or m.vreset != 0.0:
             raise UserError(f"LIF with beta {m.beta} / vreset {m.vreset}: only beta = vreset = 0 is exported")
@@ -356,7 +356,7 @@ def build_graph(net: nn.Module, args):
         raise UserError(ASA_REASON)
     if args.arch not in EXACT:
         raise UserError(f"arch {args.arch!r} has no NIR export (exported: {', '.join(sorted(EXACT))})")
-    from models.module.PLIF import DecayInputNode
+    from models.module.decay_input import DecayInputNode
     dt = choose_dt([charge_factor(m) for m in net.modules() if isinstance(m, DecayInputNode)])
     exact = EXACT[args.arch] if dt is not None else tuple(i for i in EXACT[args.arch] if i != "norse")
     b = Builder(dt=DT if dt is None else dt)
