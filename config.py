@@ -188,8 +188,38 @@ def resolve(args: argparse.Namespace, explicit: set[str], parser=None) -> argpar
     return args
 
 
-# Flags a resumed run may change: they do not change what is computed (only where or how fast).
-RESUME_FREE = {"device", "num_work", "data_path", "deterministic", "sync_bn", "backend", "tensorboard"}
+# What each setting is to the code that reads a run's settings back: resume (which flags a resumed
+# run may change), TensorBoard's HParams (which settings it shows, utils/run/tblog.py) and
+# final.sh's planner (which of a row's flags a run folder must match, utils/analysis/rows.py).
+# Every setting not listed here "computes": it changes what the run computes, so a resumed run keeps
+# it, HParams shows it and the planner compares it.
+#   "how": where or how fast the run computes, not what: a resumed run may change it
+#   "run": which run, where its files are and where it reads from: resume sets these itself
+FLAG_KINDS = {
+    **dict.fromkeys(("device", "num_work", "deterministic", "sync_bn", "backend", "tensorboard",
+                     "skip_memory_check"), "how"),
+    **dict.fromkeys(("data_path", "modelPath", "name", "run_dir", "resume", "resume_checkpoint",
+                     "pretrained_path", "explicit", "eval_only"), "run"),
+}
+
+
+def flag_kind(key: str) -> str:
+    """"computes", "how" or "run" (:data:`FLAG_KINDS`)."""
+    return FLAG_KINDS.get(key, "computes")
+
+
+def hyperparameters(args) -> dict:
+    """The settings that change what a run computes, as TensorBoard's HParams view shows them
+    (bool, int, float, str; sizes as "32x32")."""
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        if flag_kind(k) != "computes" or v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            v = "x".join(str(x) for x in v)
+        if isinstance(v, (bool, int, float, str)):
+            out[k] = v
+    return out
 # Settings derived from the data or flags that the checkpoint's config records.
 RESUME_DERIVED = ("num_classes", "sensor_size", "augment", "frame_size", "dt")
 
@@ -247,9 +277,7 @@ def resume_config(args, explicit, parser):
         if key not in cfg:
             continue
         if key in explicit:
-            if key in RESUME_FREE:
-                continue
-            if key == "pretrained_path":
+            if flag_kind(key) != "computes":      # data_path, pretrained_path: the run's own
                 continue
             if not _same(getattr(args, key), cfg[key]):
                 raise UserError(f"-resume {run_dir}: the run was started with -{key} {cfg[key]}, this "

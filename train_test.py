@@ -40,7 +40,7 @@ from utils.errors import UserError  # noqa: E402
 from utils.run import distributed, preempt, runlog  # noqa: E402
 from utils.run.checkpoint import load_weights, state_bytes  # noqa: E402
 from utils.run.engine import NonFiniteLoss, test_metrics  # noqa: E402
-from utils.run.fit import fit  # noqa: E402
+from utils.run.fit import Run, fit  # noqa: E402
 from utils.run.loaders import make_loaders, shared_memory_error  # noqa: E402
 from utils.run.memory import check_memory  # noqa: E402
 from utils.run.metrics import SpikeMonitor  # noqa: E402
@@ -97,7 +97,8 @@ def run(args) -> int:
         loaders = make_loaders(args, train_set, test_set, device, d.rank, d.world_size)
         if args.eval_only:
             return evaluate_only(args, net, loaders[1], monitor, device, d, run_dir)
-        progress = fit(args, net, train_set, loaders, monitor, device, d, run_dir, ckpt)
+        progress = fit(Run(args, device, d, run_dir, net, train_set, loaders, monitor,
+                           hparams=config.hyperparameters(args)), ckpt)
         d.say(f"done: best test accuracy {progress.best_acc:.2f}% at epoch {progress.best_epoch + 1}; "
               f"metrics in {os.path.join(run_dir, 'metrics.csv')}")
         return 0

@@ -173,9 +173,9 @@ def test_torchrun_two_processes_log_the_single_process_metrics(tmp_path):
 
 def _check_against_one_process(args, runs, row):
     import train_test
-    from utils.run.engine import evaluate, summarise
+    from utils.run.engine import evaluate
     from utils.run.loaders import epoch_permutation, make_loaders
-    from utils.run.metrics import SpikeMonitor
+    from utils.run.metrics import SpikeMonitor, means
 
     train_test.seed_everything(args.seed)
     train_set, test_set, net = train_test.build(args, torch.device("cpu"))
@@ -208,7 +208,7 @@ def _check_against_one_process(args, runs, row):
     monitor = SpikeMonitor(net)
     _, test_loader, _ = make_loaders(args, train_set, test_set, torch.device("cpu"))
     res = evaluate(net, test_loader, torch.device("cpu"), 10, monitor, progress=False)
-    m = summarise(res["sums"], "test")
+    m = means(res["sums"], "test")
     rates = monitor.rates(res["spikes"])
     assert float(row["test_acc"]) == m["test_acc"]
     assert float(row["test_nasfr"]) == rates["nasfr"] and rates["nasfr"] > 0

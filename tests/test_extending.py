@@ -1,11 +1,13 @@
 """The newcomer tasks of docs/architecture.md, done inside a test with no other file changed: a toy
 architecture registered here trains and evaluates through train_test.py's own entry point, gets a
-start-up memory estimate and an energy figure."""
+start-up memory estimate and an energy figure; toy metrics registered here reach metrics.csv and
+TensorBoard."""
 import csv
 import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 from torch import nn
 
 import train_test
@@ -13,6 +15,7 @@ from models import ARCHITECTURES, register
 from models.module import LIF, make_attention
 from utils.analysis import energy
 from utils.run.memory import estimate_bytes
+from utils.run.metrics import SAMPLE_METRICS, clip_vote, sample_metric
 
 SMALL = ["-dataset", "synthetic", "-synthetic_train", "16", "-synthetic_test", "8", "-T", "4",
          "-reduction", "2", "-batch_size_train", "8", "-batch_size_test", "4", "-clip", "1",
@@ -76,3 +79,35 @@ def test_a_registered_architecture_trains_evaluates_and_is_counted(toy, tmp_path
     rep = energy.checkpoint_energy(str(run / "best.pth"))
     assert [l["name"] for l in rep["layers"]][:1] == ["conv"] and rep["total_uJ"] > 0
     assert ("attn" in [l["name"] for l in rep["layers"]]) == (attention == "ASA")
+
+
+@pytest.fixture
+def toy_metrics():
+    @sample_metric("one")                       # a sum of 1 per sample: its mean is exactly 1
+    def one(b):
+        return torch.tensor(float(len(b.labels)))
+
+    @sample_metric("votes", scale=100.0)        # the accuracy again, computed here
+    def votes(b):
+        return clip_vote(b.logits, b.labels, b.clip).sum()
+    yield ["one", "votes"]
+    for name in ("one", "votes"):
+        SAMPLE_METRICS.pop(name)
+
+
+def test_a_registered_metric_reaches_metrics_csv_and_tensorboard(toy_metrics, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "metric"
+    assert train_test.main(SMALL + ["-clip", "3", "-modelPath", str(tmp_path), "-name", run.name]) == 0
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for r in rows:
+        for phase in ("train", "test"):
+            assert float(r[f"{phase}_one"]) == 1.0
+            assert float(r[f"{phase}_votes"]) == float(r[f"{phase}_acc"])
+    ea = EventAccumulator(str(run))
+    ea.Reload()
+    for tag, column in (("train/one", "train_one"), ("test/votes", "test_votes")):
+        assert [(e.step, e.value) for e in ea.Scalars(tag)] == \
+            [(int(r["epoch"]), pytest.approx(float(r[column]))) for r in rows]

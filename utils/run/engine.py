@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from utils.run.allocator import release_free_memory
 from utils.run import precision
-from utils.run.metrics import SpikeMonitor, clip_vote
+from utils.run.metrics import Batch, SpikeMonitor, add_batch, means, zero_sums
 
 
 class NonFiniteLoss(RuntimeError):
@@ -74,7 +74,8 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
                     amp: bool = False, scaler=None, progress: bool = True, plan=None,
                     world_size: int = 1, all_finite=None, on_step=None, resume=None,
                     should_stop=None) -> dict:
-    """One epoch; returns this process's raw sums {'sums': [loss_sum, correct, seen]} (float64)
+    """One epoch; returns this process's raw sums {'sums': every per-sample metric's sum and the
+    sample count, utils/run/metrics.zero_sums} (float64)
     and {'steps': the index of the next step} (the epoch's step count unless stopped).
     ``on_step(b, loss)``, when given, receives each step's index and detached loss (TensorBoard).
 
@@ -93,10 +94,9 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
     release_free_memory()                 # the test pass's blocks do not fit the training's
     net.train()
     first = resume.step if resume is not None else 0
-    sums = resume.sums if resume is not None else [0.0, 0.0, 0.0]
-    loss_sum = torch.tensor(sums[0], dtype=torch.float64, device=device)
-    correct = torch.tensor(int(sums[1]), dtype=torch.int64, device=device)
-    seen = int(sums[2])
+    sums = zero_sums(device)
+    if resume is not None:
+        sums += torch.tensor(resume.sums, dtype=torch.float64, device=device)
     batches = iter(loader)
     if resume is not None:
         resume.restore_rng()
@@ -113,9 +113,7 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
         except NonFiniteLoss as e:
             raise NonFiniteLoss(f"{e} at epoch {epoch} (0-based, as in metrics.csv), batch {b}") from None
         if counted:
-            loss_sum += loss.double() * counted
-            correct += (logits[:counted].argmax(1) == y[:counted]).sum()
-            seen += counted
+            add_batch(sums, Batch(logits[:counted], y[:counted], 1, loss.double() * counted))
         if on_step is not None:
             on_step(b, loss)
         if progress:
@@ -123,14 +121,13 @@ def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int
         if should_stop is not None and should_stop():
             break
     bar.close()
-    return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]),
-            "steps": b + 1}
+    return {"sums": sums, "steps": b + 1}
 
 
 @dataclass
 class EpochStart:
     """Where a training pass resumes: ``step`` (the next one), this process's sums so far
-    [loss_sum, correct, seen], and ``restore_rng()``, which sets the random generators as they were
+    (utils/run/metrics.zero_sums's layout), and ``restore_rng()``, which sets the random generators as they were
     after step ``step - 1``."""
     step: int
     sums: list
@@ -145,9 +142,7 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
     release_free_memory()                 # the training pass's blocks do not fit the test's
     net.eval()
     monitor.reset()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    sums = zero_sums(device)
     with monitor:
         for b, (x, y) in enumerate(tqdm(loader, desc="test", leave=False, disable=not progress,
                                         dynamic_ncols=True)):
@@ -160,31 +155,22 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
                 logits = net(x.flatten(0, 1))
             logits = logits.float()
             target = F.one_hot(y, num_classes).float().repeat_interleave(clip, dim=0)
-            loss_sum += F.mse_loss(logits, target, reduction="sum").double() / num_classes / clip
-            correct += clip_vote(logits, y, clip).sum()
-            seen += len(y)
-    return {"sums": torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]),
-            "spikes": monitor.totals()}
+            loss_sum = F.mse_loss(logits, target, reduction="sum").double() / num_classes / clip
+            add_batch(sums, Batch(logits, y, clip, loss_sum))
+    return {"sums": sums, "spikes": monitor.totals()}
 
 
 def test_metrics(net, loader, device, args, monitor: SpikeMonitor, d, progress: bool = True,
                  should_stop=None) -> dict | None:
     """The test pass over this process's test batches, with sums added over the processes ``d``
-    before dividing: {test_loss, test_acc, test_nasfr, firing_rates}; None when stopped
+    before dividing: {test_<metric> for every per-sample metric, test_nasfr, firing_rates}; None when stopped
     (:func:`evaluate`)."""
     res = evaluate(net, loader, device, args.num_classes, monitor, amp=args.amp, progress=progress,
                    should_stop=should_stop)
     if res is None:
         return None
-    out = summarise(d.all_reduce_sum(res["sums"]), "test")
+    out = means(d.all_reduce_sum(res["sums"]), "test")
     rates = monitor.rates(d.all_reduce_sum(res["spikes"]))
     out["test_nasfr"] = rates["nasfr"]
     out["firing_rates"] = rates["firing_rates"]
     return out
-
-
-def summarise(sums: torch.Tensor, prefix: str) -> dict:
-    """[loss_sum, correct, seen] -> {prefix_loss, prefix_acc (percent)}."""
-    loss_sum, correct, seen = sums.tolist()
-    seen = max(seen, 1)
-    return {f"{prefix}_loss": loss_sum / seen, f"{prefix}_acc": 100.0 * correct / seen}

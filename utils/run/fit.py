@@ -25,32 +25,62 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
 from utils.errors import UserError
 from utils.run import distributed
 from utils.run.checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
-from utils.run.engine import (EpochStart, NonFiniteLoss, make_optimizer, reference_lr, set_lr, summarise,
-                              test_metrics, train_one_epoch)
+from utils.run.engine import (EpochStart, NonFiniteLoss, make_optimizer, reference_lr, set_lr, test_metrics,
+                              train_one_epoch)
+from utils.run.metrics import SAMPLE_METRICS, SpikeMonitor, is_better, means, metric_columns
 from utils.run.preempt import STOP, Stopped
 from utils.run.reproducibility import NondeterminismReport, seed_everything
 from utils.run.runlog import MetricsCSV, read_rows
 from utils.run.tblog import TensorBoardLog
 
-BASE_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_nasfr"]
-
-
 def metrics_fields(monitor) -> list[str]:
-    """metrics.csv's columns: the base ones, each spiking layer's firing rate, the epoch's time."""
-    return BASE_FIELDS + [f"fr_{name}" for name, _ in monitor.layers] + ["epoch_seconds"]
+    """metrics.csv's columns: epoch, lr, every per-sample metric of the training and the test pass
+    (utils/run/metrics.py), NASFR, each spiking layer's firing rate, the epoch's time."""
+    return (["epoch", "lr"] + metric_columns("train") + metric_columns("test") + ["test_nasfr"]
+            + [f"fr_{name}" for name, _ in monitor.layers] + ["epoch_seconds"])
+
+
+@dataclass
+class Run:
+    """One training run as :func:`fit` drives it, made once and handed to every step instead of long
+    parameter lists: the settings, the device, the distributed context, the run folder, the data,
+    the network and its spike monitor, and TensorBoard's hyper-parameters; :func:`fit` adds the
+    optimizer, the GradScaler, the training network (wrapped for several processes), metrics.csv,
+    the TensorBoard writers and the stop rule."""
+    args: Any
+    device: torch.device
+    dist: Any                                  # utils/run/distributed.py's context
+    run_dir: str
+    net: nn.Module
+    train_set: Any
+    loaders: tuple                             # (training loader, test loader, training sampler)
+    monitor: SpikeMonitor
+    hparams: dict = field(default_factory=dict)
+    train_net: nn.Module | None = None
+    optimizer: Any = None
+    scaler: Any = None
+    log: MetricsCSV | None = None
+    tb: TensorBoardLog | None = None
+    stop: "StopRule | None" = None
+
+    @property
+    def sampler(self):
+        return self.loaders[2]
 
 
 @dataclass
 class Position:
     """A place inside epoch ``epoch``: ``step`` of its ``steps`` training steps are done (all of
     them: the test pass is next), with the epoch's sample ``order``, every process's metric sums
-    [loss_sum, correct, seen] and random-generator states after the last finished step, and the
+    (utils/run/metrics.zero_sums's layout) and random-generator states after the last finished step, and the
     epoch's seconds so far. Saved in last.pth as "position" (with "rng"), :func:`save_position`."""
     epoch: int
     step: int
@@ -60,11 +90,12 @@ class Position:
     rngs: list
     seconds: float = 0.0
 
-    def rank_sums(self, d) -> list:
+    def rank_sums(self, dist) -> list:
         """This process's sums; saved with another process count, rank 0 carries them all."""
-        if len(self.sums) == d.world_size:
-            return list(self.sums[d.rank])
-        return [sum(s[i] for s in self.sums) for i in range(3)] if d.is_main else [0.0, 0.0, 0.0]
+        if len(self.sums) == dist.world_size:
+            return list(self.sums[dist.rank])
+        width = len(self.sums[0])
+        return [sum(s[i] for s in self.sums) for i in range(width)] if dist.is_main else [0.0] * width
 
 
 @dataclass
@@ -78,20 +109,29 @@ class Progress:
     rows: list = field(default_factory=list)
     position: Position | None = None
 
+    def record(self, row: dict) -> bool:
+        """Take ``row``'s test accuracy into the best so far (the tie rule of
+        utils/run/metrics.is_better); True when it is the new best."""
+        if is_better(row["test_acc"], self.best_acc):
+            self.best_acc, self.best_epoch = row["test_acc"], row["epoch"]
+            return True
+        return False
 
-def restore(ckpt: dict, optimizer, scaler, fields: list[str], args, d, run_dir: str, sampler) -> Progress:
+
+def restore(run: Run, ckpt: dict, fields: list[str]) -> Progress:
     """The optimizer, GradScaler and progress of a resumed run, from its last.pth."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
+    args, d = run.args, run.dist
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
     saved = ckpt.get("metrics") or {}
     if list(saved.get("fields", [])) != fields:
         raise UserError(f"-resume {args.resume_checkpoint}: its metrics columns differ from this "
                         f"network's; cannot continue")
     p = Progress(ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"], [list(r) for r in saved["rows"]],
-                 read_position(ckpt, args.resume_checkpoint, sampler))
+                 read_position(ckpt, args.resume_checkpoint, run.sampler))
     if d.is_main:
-        extra = len(read_rows(os.path.join(run_dir, "metrics.csv"))[1]) - len(p.rows)
+        extra = len(read_rows(os.path.join(run.run_dir, "metrics.csv"))[1]) - len(p.rows)
         where = (f"continuing inside epoch {p.start_epoch + 1} after step {p.position.step}/{p.position.steps}"
                  if p.position else f"continuing with epoch {p.start_epoch + 1}")
         done = f"epochs 1-{p.start_epoch} of {args.num_epochs}" if p.start_epoch else "no epoch yet"
@@ -128,9 +168,10 @@ def read_position(ckpt: dict, path: str, sampler) -> Position | None:
     if not (isinstance(order, torch.Tensor) and order.dim() == 1 and len(order) == sampler.n and
             torch.equal(order.sort().values, torch.arange(sampler.n))):
         bad(f"has no sample order of this run's {sampler.n} training samples")
-    if not (isinstance(sums, torch.Tensor) and sums.dim() == 2 and sums.shape[1] == 3 and
-            sums.shape[0] == len(ckpt["rng"])):
-        bad("has no metric sums for each process")
+    if not (isinstance(sums, torch.Tensor) and sums.dim() == 2 and sums.shape[1] == len(SAMPLE_METRICS) + 1
+            and sums.shape[0] == len(ckpt["rng"])):
+        bad(f"has no sums of this run's metrics ({', '.join(SAMPLE_METRICS)} and the sample count) for "
+            f"each process")
     return Position(epoch, step, steps, order.tolist(), sums.tolist(), ckpt["rng"], seconds)
 
 
@@ -147,58 +188,49 @@ def restore_rng(rng: list | None, args, start_epoch: int, d) -> None:
         seed_everything(args.seed + d.rank)
 
 
-def fit(args, net, train_set, loaders, monitor, device: torch.device, d, run_dir: str,
-        ckpt: dict | None) -> Progress:
-    """Train ``net`` from ``ckpt`` (a resumed run's last.pth) or from scratch for the remaining
+def fit(run: Run, ckpt: dict | None) -> Progress:
+    """Train ``run.net`` from ``ckpt`` (a resumed run's last.pth) or from scratch for the remaining
     epochs; returns where the run ends."""
-    optimizer = make_optimizer(net, args.lr, args.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-    fields = metrics_fields(monitor)
-    sampler = loaders[2]
-    progress = restore(ckpt, optimizer, scaler, fields, args, d, run_dir, sampler) if ckpt else Progress()
-    log = d.on_main(lambda: MetricsCSV(os.path.join(run_dir, "metrics.csv"), fields, progress.rows))
-    train_net = distributed.wrap(net, device, d)
+    args, d = run.args, run.dist
+    run.optimizer = make_optimizer(run.net, args.lr, args.weight_decay)
+    run.scaler = torch.amp.GradScaler("cuda") if args.amp and run.device.type == "cuda" else None
+    fields = metrics_fields(run.monitor)
+    progress = restore(run, ckpt, fields) if ckpt else Progress()
+    run.log = d.on_main(lambda: MetricsCSV(os.path.join(run.run_dir, "metrics.csv"), fields, progress.rows))
+    run.train_net = distributed.wrap(run.net, run.device, d)
     restore_rng(ckpt["rng"] if ckpt else None, args, progress.start_epoch, d)
     del ckpt
     if progress.start_epoch >= args.num_epochs:
         d.say(f"the run already finished all {args.num_epochs} epochs")
         return progress
     start = progress.position
-    tb = d.on_main(lambda: TensorBoardLog(run_dir, progress.start_epoch, sampler.steps_per_epoch,
-                                          start.step if start else 0) if args.tensorboard else None)
-    stop = StopRule(d, loaders[1].batch_sampler.rounds())
+    steps = run.sampler.steps_per_epoch
+    run.tb = d.on_main(lambda: TensorBoardLog(run.run_dir, progress.start_epoch, steps,
+                                              start.step if start else 0) if args.tensorboard else None)
+    run.stop = StopRule(d, run.loaders[1].batch_sampler.rounds())
     try:
-        if stop.after_step():                  # a signal while the run was being set up
-            raise stop.stopped(run_dir, progress.start_epoch, start.step if start else 0,
-                               sampler.steps_per_epoch)
+        if run.stop.after_step():              # a signal while the run was being set up
+            raise run.stop.stopped(run.run_dir, progress.start_epoch, start.step if start else 0, steps)
         for epoch in range(progress.start_epoch, args.num_epochs):
             t0 = time.time() - (start.seconds if start else 0.0)
-            on_step = (lambda b, loss, e=epoch: tb.step(e, b, loss.item())) if tb else None
             with NondeterminismReport(args.deterministic and epoch == progress.start_epoch, d.say):
-                row = run_epoch(epoch, args, train_net, net, optimizer, scaler, loaders, train_set,
-                                monitor, device, d, on_step, start, stop)
+                row = run_epoch(run, epoch, start)
             start = None
             if isinstance(row, Position):
                 row.seconds = time.time() - t0
-                d.on_main(save_position, row, log, net, optimizer, scaler, progress, args, d.world_size,
-                          run_dir, tb)
-                raise stop.stopped(run_dir, epoch, row.step, row.steps)
+                d.on_main(save_position, run, row, progress)
+                raise run.stop.stopped(run.run_dir, epoch, row.step, row.steps)
             row["epoch_seconds"] = round(time.time() - t0, 2)
-            check_parameters(net, epoch)                   # before anything of this epoch is saved
-            if row["test_acc"] >= progress.best_acc:       # ties: the later epoch, as the reference
-                progress.best_acc, progress.best_epoch = row["test_acc"], epoch
-                improved = True
-            else:
-                improved = False
+            check_parameters(run.net, epoch)               # before anything of this epoch is saved
+            improved = progress.record(row)
             rngs = d.gather_objects(rng_state())           # after the last random draw of the epoch
-            d.on_main(save_epoch, log, row, net, optimizer, scaler, progress, args, rngs, d.world_size,
-                      run_dir, improved, tb)
+            d.on_main(save_epoch, run, row, progress, rngs, improved)
             d.say(epoch_line(row, args.num_epochs, progress), flush=True)
-            if epoch + 1 < args.num_epochs and stop.after_step():   # a signal while the epoch's files were written
-                raise stop.stopped(run_dir, epoch + 1, 0, sampler.steps_per_epoch)
+            if epoch + 1 < args.num_epochs and run.stop.after_step():   # a signal while the epoch's files were written
+                raise run.stop.stopped(run.run_dir, epoch + 1, 0, steps)
     finally:
-        if tb is not None:
-            tb.close()
+        if run.tb is not None:
+            run.tb.close()
     return progress
 
 
@@ -248,25 +280,26 @@ class StopRule:
         return Stopped(names[0] if names else "a signal", run_dir, epoch, step, steps, how)
 
 
-def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, train_set, monitor,
-              device, d, on_step=None, start: Position | None = None, stop: StopRule | None = None):
+def run_epoch(run: Run, epoch: int, start: Position | None = None):
     """One training pass and one test pass; the metrics.csv row (without its time), or the
     :class:`Position` where a signal stopped it. ``start``: the position to continue from."""
-    train_loader, test_loader, sampler = loaders
+    args, d, sampler = run.args, run.dist, run.sampler
+    train_loader, test_loader, _ = run.loaders
     lr = reference_lr(epoch, args.lr, args.num_epochs)
-    set_lr(optimizer, lr)
+    set_lr(run.optimizer, lr)
     resume = None
     if start is not None:
         sampler.set_epoch(epoch, start.step, start.order)
         resume = EpochStart(start.step, start.rank_sums(d), lambda: restore_rng(start.rngs, args, epoch, d))
     else:
         sampler.set_epoch(epoch)
-    train_set.set_epoch(epoch)
-    out = train_one_epoch(train_net, train_loader, optimizer, device, args.num_classes, epoch,
-                          amp=args.amp, scaler=scaler, progress=d.is_main,
+    run.train_set.set_epoch(epoch)
+    on_step = (lambda b, loss: run.tb.step(epoch, b, loss.item())) if run.tb else None
+    out = train_one_epoch(run.train_net, train_loader, run.optimizer, run.device, args.num_classes, epoch,
+                          amp=args.amp, scaler=run.scaler, progress=d.is_main,
                           plan=sampler.plan() if d.active else None, world_size=d.world_size,
                           all_finite=d.all_true if d.active else None, on_step=on_step, resume=resume,
-                          should_stop=stop.after_step if stop else None)
+                          should_stop=run.stop.after_step if run.stop else None)
     rng = rng_state()                         # after the last training step: the test loader draws
     sums = out["sums"]
 
@@ -275,48 +308,48 @@ def run_epoch(epoch: int, args, train_net, net, optimizer, scaler, loaders, trai
                         d.gather_objects(sums.tolist()), d.gather_objects(rng))
     if out["steps"] < sampler.steps_per_epoch:
         return position(out["steps"])
-    tr = summarise(d.all_reduce_sum(sums), "train")
-    d.broadcast_buffers(net)                  # every rank tests with rank 0's BatchNorm statistics
-    te = test_metrics(net, test_loader, device, args, monitor, d, progress=d.is_main,
-                      should_stop=stop.before_test_batch if stop else None)
-    if te is None:
+    train = means(d.all_reduce_sum(sums), "train")
+    d.broadcast_buffers(run.net)              # every rank tests with rank 0's BatchNorm statistics
+    test = test_metrics(run.net, test_loader, run.device, args, run.monitor, d, progress=d.is_main,
+                        should_stop=run.stop.before_test_batch if run.stop else None)
+    if test is None:
         return position(out["steps"])
-    return {"epoch": epoch, "lr": lr, **tr, **{k: te[k] for k in ("test_loss", "test_acc", "test_nasfr")},
-            **{f"fr_{n}": r for n, r in te["firing_rates"].items()}}
+    rates = test.pop("firing_rates")
+    return {"epoch": epoch, "lr": lr, **train, **test, **{f"fr_{n}": r for n, r in rates.items()}}
 
 
-def save_epoch(log: MetricsCSV, row: dict, net, optimizer, scaler, progress: Progress, args, rngs,
-               world_size: int, run_dir: str, improved: bool, tb=None) -> None:
+def save_epoch(run: Run, row: dict, progress: Progress, rngs: list, improved: bool) -> None:
     """TensorBoard's events (flushed), the row, then best.pth, then last.pth (the resume point: a
     kill before it is written repeats the epoch)."""
-    if tb is not None:
-        tb.epoch(row)
+    args, log = run.args, run.log
+    if run.tb is not None:
+        run.tb.epoch(row)
         if row["epoch"] == args.num_epochs - 1:
-            tb.hparams(args, row["epoch"], best_metrics(row, log, progress.best_epoch), row)
-        tb.flush()
+            run.tb.hparams(run.hparams, row["epoch"], best_metrics(row, log, progress.best_epoch), row)
+        run.tb.flush()
     log.append(row)
-    ck = make_checkpoint(net, optimizer, row["epoch"], progress.best_acc, progress.best_epoch, args,
-                         scaler=scaler, rng=rngs, metrics={"fields": log.fields, "rows": log.rows},
-                         world_size=world_size)
+    ck = make_checkpoint(run.net, run.optimizer, row["epoch"], progress.best_acc, progress.best_epoch, args,
+                         scaler=run.scaler, rng=rngs, metrics={"fields": log.fields, "rows": log.rows},
+                         world_size=run.dist.world_size)
     if improved:
-        atomic_save(ck, os.path.join(run_dir, "best.pth"))
-    atomic_save(ck, os.path.join(run_dir, "last.pth"))
+        atomic_save(ck, os.path.join(run.run_dir, "best.pth"))
+    atomic_save(ck, os.path.join(run.run_dir, "last.pth"))
 
 
-def save_position(pos: Position, log: MetricsCSV, net, optimizer, scaler, progress: Progress, args,
-                  world_size: int, run_dir: str, tb=None) -> None:
+def save_position(run: Run, pos: Position, progress: Progress) -> None:
     """last.pth at a position inside an epoch (a signalled stop): TensorBoard's steps so far are
     flushed first; "epoch" stays the last finished epoch, so whatever reads only that sees the
     run as it was at that epoch's end."""
-    if tb is not None:
-        tb.flush()
-    ck = make_checkpoint(net, optimizer, pos.epoch - 1, progress.best_acc, progress.best_epoch, args,
-                         scaler=scaler, rng=pos.rngs, metrics={"fields": log.fields, "rows": log.rows},
-                         world_size=world_size)
+    if run.tb is not None:
+        run.tb.flush()
+    log = run.log
+    ck = make_checkpoint(run.net, run.optimizer, pos.epoch - 1, progress.best_acc, progress.best_epoch,
+                         run.args, scaler=run.scaler, rng=pos.rngs,
+                         metrics={"fields": log.fields, "rows": log.rows}, world_size=run.dist.world_size)
     ck["position"] = {"epoch": pos.epoch, "step": pos.step, "steps": pos.steps,
                       "order": torch.tensor(pos.order, dtype=torch.int64),
                       "sums": torch.tensor(pos.sums, dtype=torch.float64), "seconds": float(pos.seconds)}
-    atomic_save(ck, os.path.join(run_dir, "last.pth"))
+    atomic_save(ck, os.path.join(run.run_dir, "last.pth"))
 
 
 def epoch_line(row: dict, num_epochs: int, p: Progress) -> str:

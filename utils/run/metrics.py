@@ -1,13 +1,24 @@
-"""Clip vote, per-layer firing rates and NASFR (docs/reference.md, "Windows, frames and clips" and "NASFR").
+"""The metrics of a run: per-sample metrics (loss, accuracy by clip vote), per-layer firing rates
+and NASFR (docs/reference.md, "Windows, frames and clips" and "NASFR").
 
-Firing rates are accumulated by forward hooks during the ordinary test pass: every module with
-spiking layer (models/module/neuron.py, ``SpikingNeuron``) returns spikes [N, T, ...]; the hook adds its spike count per time step. Nothing is
-written per batch and no second pass is needed.
+Per-sample metrics are averaged over an epoch's samples. Each is one function registered under its
+name (:func:`sample_metric`) that gives a batch's sum over its samples; the training and test
+passes (utils/run/engine.py) add these sums up, in one float64 tensor per pass that is summed over
+processes and saved when a run stops inside an epoch, and the epoch's value, ``scale * sum /
+samples``, becomes the metrics.csv columns ``train_<name>`` and ``test_<name>``, which TensorBoard
+(utils/run/tblog.py) and the results table read by name. A new metric is one registered function.
+
+Firing rates are accumulated by forward hooks during the ordinary test pass: every spiking layer
+(models/module/neuron.py, ``SpikingNeuron``) returns spikes [N, T, ...]; the hook adds its spike
+count per time step. Nothing is written per batch and no second pass is needed.
 
     r_l   = total spikes of layer l / (T * n_l * number of clip-samples)
     NASFR = sum_l r_l * n_l / sum_l n_l        (n_l = neurons of layer l per sample per step)
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -84,3 +95,78 @@ def clip_vote(logits: torch.Tensor, labels: torch.Tensor, clip: int) -> torch.Te
     pred = logits.argmax(dim=1).view(-1, clip)
     hits = (pred == labels.view(-1, 1)).sum(dim=1)
     return hits * 2 > clip
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a per-sample metric sees of one batch: ``logits`` [samples * clip, classes] (float32,
+    sample-major), ``labels`` [samples], ``clip`` windows per sample (1 in training), and
+    ``loss_sum``, the batch's loss summed over its samples (float64; training: the step's mean
+    loss times the samples, test: the MSE over clips and classes / classes / clip per sample).
+    Only the samples that count are in it (a distributed run's stand-ins are left out)."""
+    logits: torch.Tensor
+    labels: torch.Tensor
+    clip: int
+    loss_sum: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SampleMetric:
+    """``fn(batch)``: the batch's sum over its samples; the epoch's value is ``scale * sum / samples``."""
+    fn: Callable[[Batch], torch.Tensor]
+    scale: float = 1.0
+
+
+SAMPLE_METRICS: dict[str, SampleMetric] = {}
+
+
+def sample_metric(name: str, scale: float = 1.0):
+    """Decorator registering ``fn(batch) -> the batch's sum`` as the per-sample metric ``name``."""
+    def wrap(fn):
+        if name in SAMPLE_METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        SAMPLE_METRICS[name] = SampleMetric(fn, scale)
+        return fn
+    return wrap
+
+
+@sample_metric("loss")
+def _loss(b: Batch) -> torch.Tensor:
+    return b.loss_sum
+
+
+@sample_metric("acc", scale=100.0)               # percent
+def _correct(b: Batch) -> torch.Tensor:
+    return clip_vote(b.logits, b.labels, b.clip).sum()
+
+
+def metric_columns(prefix: str) -> list[str]:
+    """``<prefix>_<name>`` of every per-sample metric, in registration order."""
+    return [f"{prefix}_{name}" for name in SAMPLE_METRICS]
+
+
+def zero_sums(device=None) -> torch.Tensor:
+    """Sums of every per-sample metric and the sample count (last), float64 [metrics + 1]."""
+    return torch.zeros(len(SAMPLE_METRICS) + 1, dtype=torch.float64, device=device)
+
+
+def add_batch(sums: torch.Tensor, batch: Batch) -> None:
+    """Add ``batch``'s sum of every per-sample metric and its sample count to ``sums`` in place."""
+    values = [m.fn(batch).to(torch.float64).reshape(()) for m in SAMPLE_METRICS.values()]
+    values.append(torch.tensor(float(len(batch.labels)), dtype=torch.float64, device=sums.device))
+    sums += torch.stack([v.to(sums.device) for v in values])
+
+
+def means(sums: torch.Tensor, prefix: str) -> dict:
+    """Per-sample sums (:func:`zero_sums`'s layout) -> {``<prefix>_<name>``: the epoch's value}."""
+    *totals, seen = sums.tolist()
+    seen = max(seen, 1)
+    return {f"{prefix}_{name}": m.scale * total / seen
+            for (name, m), total in zip(SAMPLE_METRICS.items(), totals)}
+
+
+def is_better(acc: float, best: float) -> bool:
+    """The tie rule of the best epoch: the highest test accuracy, and among equal ones the later
+    epoch, as the reference (it saves its best checkpoint on >=). Training (best.pth) and the
+    results table (utils/analysis/runs.py) both use it."""
+    return acc >= best

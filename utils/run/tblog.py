@@ -5,9 +5,11 @@
 Layout (README, "What a run writes"): the run folder is one TensorBoard run, the x-axis of its
 curves is the epoch (0-based, as in metrics.csv):
 
-- ``<run>/events.out.tfevents.*.<random>``: per epoch ``lr``, ``train/loss``, ``train/acc``, ``test/loss``,
-  ``test/acc``, ``test/nasfr`` and ``firing_rate/<layer>`` (the metrics.csv row); once, with the
-  last epoch, the hyper-parameters (the run's scalar settings) with ``hparams/best_test_acc``,
+- ``<run>/events.out.tfevents.*.<random>``: per epoch every column of the metrics.csv row (``lr``,
+  ``train/loss``, ``train/acc``, ``test/loss``, ``test/acc``, ``test/nasfr``, ``firing_rate/<layer>``
+  and any other metric, :func:`epoch_tag`); once, with the
+  last epoch, the hyper-parameters (the run's settings that change what it computes, config.py's
+  flag kinds) with ``hparams/best_test_acc``,
   ``hparams/best_test_nasfr`` (at the best epoch), ``hparams/final_test_acc`` and
   ``hparams/final_test_nasfr``. They are written into the run's own event file, not into the
   time-stamped sub-folder SummaryWriter.add_hparams would make, so the HParams view shows one row
@@ -30,32 +32,19 @@ import secrets
 from utils.errors import UserError
 
 STEPS_SUBDIR = "steps"
-EPOCH_TAGS = {"lr": "lr", "train_loss": "train/loss", "train_acc": "train/acc",
-              "test_loss": "test/loss", "test_acc": "test/acc", "test_nasfr": "test/nasfr"}
 STEP_TAG = "train/loss_step"
-# settings that say where or how a run was computed, not what: left out of the hyper-parameters
-NOT_HPARAMS = {"data_path", "modelPath", "name", "run_dir", "resume", "resume_checkpoint",
-               "pretrained_path", "explicit", "device", "num_work", "tensorboard", "eval_only"}
+NOT_SCALARS = ("epoch", "epoch_seconds")        # metrics.csv columns that are the x-axis or a timing
 
 
 def epoch_tag(column: str) -> str:
-    """The TensorBoard tag of a metrics.csv column (fr_<layer> -> firing_rate/<layer>)."""
+    """The TensorBoard tag of a metrics.csv column: ``train_<m>`` -> ``train/<m>``, ``test_<m>`` ->
+    ``test/<m>``, ``fr_<layer>`` -> ``firing_rate/<layer>``, any other column its own name."""
     if column.startswith("fr_"):
         return "firing_rate/" + column[3:]
-    return EPOCH_TAGS[column]
-
-
-def hparam_values(args) -> dict:
-    """The run's settings that TensorBoard's HParams view can show (bool, int, float, str)."""
-    out = {}
-    for k, v in sorted(vars(args).items()):
-        if k in NOT_HPARAMS or v is None:
-            continue
-        if isinstance(v, (list, tuple)):
-            v = "x".join(str(x) for x in v)
-        if isinstance(v, (bool, int, float, str)):
-            out[k] = v
-    return out
+    for phase in ("train", "test"):
+        if column.startswith(phase + "_"):
+            return f"{phase}/{column[len(phase) + 1:]}"
+    return column
 
 
 class TensorBoardLog:
@@ -85,17 +74,19 @@ class TensorBoardLog:
         self.steps.add_scalar(STEP_TAG, loss, epoch * self.steps_per_epoch + i)
 
     def epoch(self, row: dict) -> None:
-        """One metrics.csv row (without its time) as scalars at step ``row['epoch']``."""
+        """Every column of one metrics.csv row (but the epoch and its time) as a scalar at step
+        ``row['epoch']``: a new metric needs nothing here."""
         for k, v in row.items():
-            if k in EPOCH_TAGS or k.startswith("fr_"):
+            if k not in NOT_SCALARS:
                 self.epochs.add_scalar(epoch_tag(k), float(v), row["epoch"])
 
-    def hparams(self, args, epoch: int, best: dict, final: dict) -> None:
-        """The hyper-parameters with the run's final metrics, once, at the last epoch's step."""
+    def hparams(self, values: dict, epoch: int, best: dict, final: dict) -> None:
+        """The hyper-parameters ``values`` (config.hyperparameters) with the run's final metrics,
+        once, at the last epoch's step."""
         from torch.utils.tensorboard.summary import hparams
         metrics = {"hparams/best_test_acc": best["test_acc"], "hparams/best_test_nasfr": best["test_nasfr"],
                    "hparams/final_test_acc": final["test_acc"], "hparams/final_test_nasfr": final["test_nasfr"]}
-        for summary in hparams(hparam_values(args), metrics):
+        for summary in hparams(values, metrics):
             self.epochs.file_writer.add_summary(summary, epoch)
         for k, v in metrics.items():
             self.epochs.add_scalar(k, float(v), epoch)
