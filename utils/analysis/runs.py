@@ -7,13 +7,14 @@ saved with it (config.from_saved), so a checkpoint evaluates exactly as its run 
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import statistics
 
 from utils.errors import UserError
+from utils.run.metrics import is_better
+from utils.run.runlog import read_metrics_csv
 
 
 def net_from_checkpoint(path: str, config: dict | None = None, flag: str = "checkpoint"):
@@ -64,37 +65,9 @@ def read_metrics(folder: str) -> list[dict]:
 
 
 def csv_rows(path: str) -> list[dict]:
-    """The rows of a metrics.csv as dicts of strings, checked so that every value the tools use is
-    a number: one UserError naming the file (and the line) when it is not readable text, lacks a
-    column the tools read, has a row of another length than its header (a torn or binary file),
-    an epoch that is not a whole number, or a value that is not a finite number (NaN is never
-    reported as a result). An empty file has no rows."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fields = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path}: not a readable metrics.csv ({type(e).__name__}: {str(e)[:120]})") from None
-    missing = [c for c in NEEDED if c not in fields]
-    if fields and missing:
-        raise UserError(f"{path}: no column {', '.join(missing)} (its header: {','.join(fields)[:120]}); "
-                        f"not a metrics.csv of this project, or a torn one")
-    for line, row in enumerate(rows, start=2):
-        if None in row or None in row.values():
-            raise UserError(f"{path}: line {line} does not have the {len(fields)} values of its header; "
-                            f"a torn or damaged file")
-        for k, v in row.items():
-            if v == "" and k not in NEEDED:
-                continue
-            try:
-                x = int(v) if k == "epoch" else float(v)
-            except ValueError:
-                x = None
-            if x is None or not math.isfinite(x) or x < 0 and k == "epoch":
-                raise UserError(f"{path}: line {line}: {k} is {v[:40]!r}, expected "
-                                f"{'a whole epoch number >= 0' if k == 'epoch' else 'a finite number'}")
-    return rows
+    """The rows of a metrics.csv as dicts of strings, checked (utils/run/runlog.read_metrics_csv)
+    so that every value the tools use is a number; one UserError naming the file otherwise."""
+    return read_metrics_csv(path, NEEDED)[1]
 
 
 def read_config(folder: str, name: str = "config.json") -> dict:
@@ -131,7 +104,7 @@ def best_row(rows: list[dict]) -> dict:
     """The metrics row with the highest test_acc; ties go to the later epoch (as the reference)."""
     best = None
     for r in rows:
-        if best is None or float(r["test_acc"]) >= float(best["test_acc"]):
+        if best is None or is_better(float(r["test_acc"]), float(best["test_acc"])):
             best = r
     return best
 

@@ -38,7 +38,7 @@ from utils.run.engine import (EpochStart, NonFiniteLoss, make_optimizer, referen
 from utils.run.metrics import SAMPLE_METRICS, SpikeMonitor, is_better, means, metric_columns
 from utils.run.preempt import STOP, Stopped
 from utils.run.reproducibility import NondeterminismReport, seed_everything
-from utils.run.runlog import MetricsCSV, read_rows
+from utils.run.runlog import MetricsCSV, read_metrics_csv
 from utils.run.tblog import TensorBoardLog
 
 def metrics_fields(monitor) -> list[str]:
@@ -131,7 +131,8 @@ def restore(run: Run, ckpt: dict, fields: list[str]) -> Progress:
     p = Progress(ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"], [list(r) for r in saved["rows"]],
                  read_position(ckpt, args.resume_checkpoint, run.sampler))
     if d.is_main:
-        extra = len(read_rows(os.path.join(run.run_dir, "metrics.csv"))[1]) - len(p.rows)
+        extra = len(read_metrics_csv(os.path.join(run.run_dir, "metrics.csv"), checked=False, unreadable=(
+            "; a resumed run rewrites it from last.pth: move it away and continue"))[1]) - len(p.rows)
         where = (f"continuing inside epoch {p.start_epoch + 1} after step {p.position.step}/{p.position.steps}"
                  if p.position else f"continuing with epoch {p.start_epoch + 1}")
         done = f"epochs 1-{p.start_epoch} of {args.num_epochs}" if p.start_epoch else "no epoch yet"
@@ -170,8 +171,7 @@ def read_position(ckpt: dict, path: str, sampler) -> Position | None:
         bad(f"has no sample order of this run's {sampler.n} training samples")
     if not (isinstance(sums, torch.Tensor) and sums.dim() == 2 and sums.shape[1] == len(SAMPLE_METRICS) + 1
             and sums.shape[0] == len(ckpt["rng"])):
-        bad(f"has no sums of this run's metrics ({', '.join(SAMPLE_METRICS)} and the sample count) for "
-            f"each process")
+        bad(f"has no metric sums for each process (of {', '.join(SAMPLE_METRICS)} and the sample count)")
     return Position(epoch, step, steps, order.tolist(), sums.tolist(), ckpt["rng"], seconds)
 
 

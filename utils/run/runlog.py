@@ -9,6 +9,7 @@ import datetime
 import fcntl
 import io
 import json
+import math
 import os
 
 from utils.errors import UserError
@@ -200,17 +201,49 @@ class MetricsCSV:
         self.rows = [list(r) for r in rows]
 
 
-def read_rows(path: str) -> tuple[list[str], list[list[str]]]:
-    """(header, data rows) of a metrics.csv; ([], []) when it is missing or empty."""
+def read_metrics_csv(path: str, needed: tuple = (), checked: bool = True,
+                     unreadable: str = "") -> tuple[list[str], list[dict]]:
+    """The one reader of a metrics.csv: (its header, its rows as dicts of strings); ([], []) when
+    it is missing or empty. A file that is not readable text is one UserError naming it
+    (``unreadable``: what to do about it). ``checked`` makes sure every value a reader uses is a
+    number: a UserError naming the file (and the line) when it lacks a column of ``needed``, has a
+    row of another length than its header (a torn or binary file), an epoch that is not a whole
+    number, or a value that is not a finite number (NaN is never reported as a result)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except OSError:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = list(reader.fieldnames or [])
+    except FileNotFoundError:
         return [], []
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path}: not a readable metrics.csv ({type(e).__name__}: {str(e)[:120]}); a "
-                        f"resumed run rewrites it from last.pth: move it away and continue") from None
-    return (rows[0], rows[1:]) if rows else ([], [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable metrics.csv ({type(e).__name__}: {str(e)[:120]})"
+                        f"{unreadable}") from None
+    if checked:
+        check_metrics_rows(path, fields, rows, needed)
+    return fields, rows
+
+
+def check_metrics_rows(path: str, fields: list[str], rows: list[dict], needed: tuple) -> None:
+    """:func:`read_metrics_csv`'s checks of a metrics.csv's rows."""
+    missing = [c for c in needed if c not in fields]
+    if fields and missing:
+        raise UserError(f"{path}: no column {', '.join(missing)} (its header: {','.join(fields)[:120]}); "
+                        f"not a metrics.csv of this project, or a torn one")
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise UserError(f"{path}: line {line} does not have the {len(fields)} values of its header; "
+                            f"a torn or damaged file")
+        for k, v in row.items():
+            if v == "" and k not in needed:
+                continue
+            try:
+                x = int(v) if k == "epoch" else float(v)
+            except ValueError:
+                x = None
+            if x is None or not math.isfinite(x) or x < 0 and k == "epoch":
+                raise UserError(f"{path}: line {line}: {k} is {v[:40]!r}, expected "
+                                f"{'a whole epoch number >= 0' if k == 'epoch' else 'a finite number'}")
 
 
 def _fmt(v):
