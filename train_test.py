@@ -73,49 +73,49 @@ def run(args) -> int:
     """One run: build the data and the network, continue a stopped run, fit or evaluate, report."""
     if args.deterministic and not torch.cuda.is_initialized():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # before any cuBLAS handle
-    d, device = distributed.setup(args.device)
+    dist, device = distributed.setup(args.device)
     try:
-        if d.world_size > args.batch_size_train and not args.eval_only:
+        if dist.world_size > args.batch_size_train and not args.eval_only:
             raise UserError(f"-batch_size_train {args.batch_size_train} is the global batch; it cannot be "
-                            f"split over {d.world_size} processes (use at least {d.world_size})")
-        notes = make_deterministic(device, d.world_size) if args.deterministic else []
+                            f"split over {dist.world_size} processes (use at least {dist.world_size})")
+        notes = make_deterministic(device, dist.world_size) if args.deterministic else []
         seed_everything(args.seed)
         if args.resume is None:
-            d.on_main(runlog.check_model_path, args.modelPath)       # fail before reading any data
-        train_set, test_set, net = build(args, device, d.world_size)
+            dist.on_main(runlog.check_model_path, args.modelPath)       # fail before reading any data
+        train_set, test_set, net = build(args, device, dist.world_size)
         if not args.eval_only:
             preempt.STOP.defer()              # from here a signal stops after a step (preempt.py)
-        run_dir = runlog.open_run_folder(args, d)
-        d.say(f"run folder: {run_dir}")
+        run_dir = runlog.open_run_folder(args, dist)
+        dist.say(f"run folder: {run_dir}")
         resuming = args.resume is not None and args.resume_checkpoint is not None
         ckpt = load_weights(net, args.resume_checkpoint, args, "-resume") if resuming else None
-        d.on_main(check_free_space, run_dir, runlog.checkpoint_space(run_dir, state_bytes(net)))
-        runlog.start_report(args, d, device, net, len(train_set), len(test_set), notes)
+        dist.on_main(check_free_space, run_dir, runlog.checkpoint_space(run_dir, state_bytes(net)))
+        runlog.start_report(args, dist, device, net, len(train_set), len(test_set), notes)
         if not args.eval_only:
-            net = distributed.batch_norm_plan(net, device, d, args.sync_bn, d.say)
+            net = distributed.batch_norm_plan(net, device, dist, args.sync_bn, dist.say)
         monitor = SpikeMonitor(net)
-        loaders = make_loaders(args, train_set, test_set, device, d.rank, d.world_size)
+        loaders = make_loaders(args, train_set, test_set, device, dist.rank, dist.world_size)
         if args.eval_only:
-            return evaluate_only(args, net, loaders[1], monitor, device, d, run_dir)
-        progress = fit(Run(args, device, d, run_dir, net, train_set, loaders, monitor,
+            return evaluate_only(args, net, loaders[1], monitor, device, dist, run_dir)
+        progress = fit(Run(args, device, dist, run_dir, net, train_set, loaders, monitor,
                            hparams=config.hyperparameters(args)), ckpt)
-        d.say(f"done: best test accuracy {progress.best_acc:.2f}% at epoch {progress.best_epoch + 1}; "
+        dist.say(f"done: best test accuracy {progress.best_acc:.2f}% at epoch {progress.best_epoch + 1}; "
               f"metrics in {os.path.join(run_dir, 'metrics.csv')}")
         return 0
     finally:
         if getattr(args, "run_dir", None):
             runlog.release_run_folder(args.run_dir)   # the process's end would release it too
-        d.close()
+        dist.close()
 
 
-def evaluate_only(args, net, test_loader, monitor, device, d, run_dir: str) -> int:
+def evaluate_only(args, net, test_loader, monitor, device, dist, run_dir: str) -> int:
     """-eval_only: one test pass of -pretrained_path; eval.json in the run folder."""
-    m = test_metrics(net, test_loader, device, args, monitor, d, progress=d.is_main)
-    d.on_main(runlog.write_json, os.path.join(run_dir, "eval.json"),
+    m = test_metrics(net, test_loader, device, args, monitor, dist, progress=dist.is_main)
+    dist.on_main(runlog.write_json, os.path.join(run_dir, "eval.json"),
               {"test_acc": m["test_acc"], "test_nasfr": m["test_nasfr"], "test_loss": m["test_loss"],
                "firing_rates": m["firing_rates"], "checkpoint": os.path.abspath(args.pretrained_path),
-               **({"processes": d.world_size} if d.world_size > 1 else {})})
-    d.say(f"test acc {m['test_acc']:.2f}%  NASFR {m['test_nasfr']:.4f}  (eval.json in {run_dir})")
+               **({"processes": dist.world_size} if dist.world_size > 1 else {})})
+    dist.say(f"test acc {m['test_acc']:.2f}%  NASFR {m['test_nasfr']:.4f}  (eval.json in {run_dir})")
     return 0
 
 

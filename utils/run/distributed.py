@@ -189,13 +189,13 @@ def setup(device_flag: str) -> tuple[Dist, torch.device]:
     return Dist(rank=rank, world_size=world, local_rank=local, active=True, backend=backend), torch.device(device)
 
 
-def wrap(net: torch.nn.Module, device: torch.device, d: Dist) -> torch.nn.Module:
+def wrap(net: torch.nn.Module, device: torch.device, context: Dist) -> torch.nn.Module:
     """``net`` for training: DistributedDataParallel in a process group, ``net`` itself otherwise.
 
     static_graph: ASA's alpha, beta and fc never get a gradient (docs/reference.md, dead
     parameters); DDP then leaves their .grad None, exactly as a single process does. Buffers are
     rank 0's at every training forward."""
-    if not d.active:
+    if not context.active:
         return net
     import inspect
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -204,10 +204,10 @@ def wrap(net: torch.nn.Module, device: torch.device, d: Dist) -> torch.nn.Module
     return DDP(net, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True, **sync)
 
 
-def batch_norm_plan(net: torch.nn.Module, device: torch.device, d: Dist, sync_bn: bool, say) -> torch.nn.Module:
+def batch_norm_plan(net: torch.nn.Module, device: torch.device, context: Dist, sync_bn: bool, say) -> torch.nn.Module:
     """SyncBatchNorm over the global batch with several CUDA processes (-sync_bn); otherwise say
     how BatchNorm normalises. Returns the network to train."""
-    if not d.active or d.world_size == 1:
+    if not context.active or context.world_size == 1:
         return net
     if device.type == "cuda" and sync_bn:
         say("BatchNorm: SyncBatchNorm (statistics over the global batch)")

@@ -160,17 +160,17 @@ def evaluate(net, loader, device, num_classes: int, monitor: SpikeMonitor, amp: 
     return {"sums": sums, "spikes": monitor.totals()}
 
 
-def test_metrics(net, loader, device, args, monitor: SpikeMonitor, d, progress: bool = True,
+def test_metrics(net, loader, device, args, monitor: SpikeMonitor, dist, progress: bool = True,
                  should_stop=None) -> dict | None:
-    """The test pass over this process's test batches, with sums added over the processes ``d``
+    """The test pass over this process's test batches, with sums added over the processes ``dist``
     before dividing: {test_<metric> for every per-sample metric, test_nasfr, firing_rates}; None when stopped
     (:func:`evaluate`)."""
     res = evaluate(net, loader, device, args.num_classes, monitor, amp=args.amp, progress=progress,
                    should_stop=should_stop)
     if res is None:
         return None
-    out = means(d.all_reduce_sum(res["sums"]), "test")
-    rates = monitor.rates(d.all_reduce_sum(res["spikes"]))
+    out = means(dist.all_reduce_sum(res["sums"]), "test")
+    rates = monitor.rates(dist.all_reduce_sum(res["spikes"]))
     out["test_nasfr"] = rates["nasfr"]
     out["firing_rates"] = rates["firing_rates"]
     return out

@@ -120,7 +120,7 @@ class Progress:
 
 def restore(run: Run, ckpt: dict, fields: list[str]) -> Progress:
     """The optimizer, GradScaler and progress of a resumed run, from its last.pth."""
-    args, d = run.args, run.dist
+    args, dist = run.args, run.dist
     run.optimizer.load_state_dict(ckpt["optimizer"])
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
@@ -130,18 +130,18 @@ def restore(run: Run, ckpt: dict, fields: list[str]) -> Progress:
                         f"network's; cannot continue")
     p = Progress(ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"], [list(r) for r in saved["rows"]],
                  read_position(ckpt, args.resume_checkpoint, run.sampler))
-    if d.is_main:
+    if dist.is_main:
         extra = len(read_metrics_csv(os.path.join(run.run_dir, "metrics.csv"), checked=False, unreadable=(
             "; a resumed run rewrites it from last.pth: move it away and continue"))[1]) - len(p.rows)
         where = (f"continuing inside epoch {p.start_epoch + 1} after step {p.position.step}/{p.position.steps}"
                  if p.position else f"continuing with epoch {p.start_epoch + 1}")
         done = f"epochs 1-{p.start_epoch} of {args.num_epochs}" if p.start_epoch else "no epoch yet"
-        d.say(f"resume: {done} in last.pth; {where}; best {p.best_acc:.2f}% (epoch {p.best_epoch + 1})" +
+        dist.say(f"resume: {done} in last.pth; {where}; best {p.best_acc:.2f}% (epoch {p.best_epoch + 1})" +
               (f"; {extra} metrics.csv row(s) newer than the checkpoint are dropped and recomputed"
                if extra > 0 else ""))
-    if ckpt.get("world_size", 1) != d.world_size:
-        d.say(f"note: the run was saved with {ckpt.get('world_size', 1)} process(es), it continues "
-              f"with {d.world_size}: batches are split differently, so it will not repeat an "
+    if ckpt.get("world_size", 1) != dist.world_size:
+        dist.say(f"note: the run was saved with {ckpt.get('world_size', 1)} process(es), it continues "
+              f"with {dist.world_size}: batches are split differently, so it will not repeat an "
               f"uninterrupted run bitwise")
     return p
 
@@ -175,57 +175,57 @@ def read_position(ckpt: dict, path: str, sampler) -> Position | None:
     return Position(epoch, step, steps, order.tolist(), sums.tolist(), ckpt["rng"], seconds)
 
 
-def restore_rng(rng: list | None, args, start_epoch: int, d) -> None:
+def restore_rng(rng: list | None, args, start_epoch: int, dist) -> None:
     """Every process's random generators as they were when last.pth was written (``rng``, its
     states of every process; saved with another process count: seeded from the epoch); several
     fresh processes get distinct seeds, so that their dropout masks differ."""
     if rng is not None:
-        if len(rng) == d.world_size:
-            set_rng_state(rng[d.rank])
+        if len(rng) == dist.world_size:
+            set_rng_state(rng[dist.rank])
         else:
-            seed_everything(args.seed + 1000 * start_epoch + d.rank)
-    elif d.world_size > 1:
-        seed_everything(args.seed + d.rank)
+            seed_everything(args.seed + 1000 * start_epoch + dist.rank)
+    elif dist.world_size > 1:
+        seed_everything(args.seed + dist.rank)
 
 
 def fit(run: Run, ckpt: dict | None) -> Progress:
     """Train ``run.net`` from ``ckpt`` (a resumed run's last.pth) or from scratch for the remaining
     epochs; returns where the run ends."""
-    args, d = run.args, run.dist
+    args, dist = run.args, run.dist
     run.optimizer = make_optimizer(run.net, args.lr, args.weight_decay)
     run.scaler = torch.amp.GradScaler("cuda") if args.amp and run.device.type == "cuda" else None
     fields = metrics_fields(run.monitor)
     progress = restore(run, ckpt, fields) if ckpt else Progress()
-    run.log = d.on_main(lambda: MetricsCSV(os.path.join(run.run_dir, "metrics.csv"), fields, progress.rows))
-    run.train_net = distributed.wrap(run.net, run.device, d)
-    restore_rng(ckpt["rng"] if ckpt else None, args, progress.start_epoch, d)
+    run.log = dist.on_main(lambda: MetricsCSV(os.path.join(run.run_dir, "metrics.csv"), fields, progress.rows))
+    run.train_net = distributed.wrap(run.net, run.device, dist)
+    restore_rng(ckpt["rng"] if ckpt else None, args, progress.start_epoch, dist)
     del ckpt
     if progress.start_epoch >= args.num_epochs:
-        d.say(f"the run already finished all {args.num_epochs} epochs")
+        dist.say(f"the run already finished all {args.num_epochs} epochs")
         return progress
     start = progress.position
     steps = run.sampler.steps_per_epoch
-    run.tb = d.on_main(lambda: TensorBoardLog(run.run_dir, progress.start_epoch, steps,
+    run.tb = dist.on_main(lambda: TensorBoardLog(run.run_dir, progress.start_epoch, steps,
                                               start.step if start else 0) if args.tensorboard else None)
-    run.stop = StopRule(d, run.loaders[1].batch_sampler.rounds())
+    run.stop = StopRule(dist, run.loaders[1].batch_sampler.rounds())
     try:
         if run.stop.after_step():              # a signal while the run was being set up
             raise run.stop.stopped(run.run_dir, progress.start_epoch, start.step if start else 0, steps)
         for epoch in range(progress.start_epoch, args.num_epochs):
             t0 = time.time() - (start.seconds if start else 0.0)
-            with NondeterminismReport(args.deterministic and epoch == progress.start_epoch, d.say):
+            with NondeterminismReport(args.deterministic and epoch == progress.start_epoch, dist.say):
                 row = run_epoch(run, epoch, start)
             start = None
             if isinstance(row, Position):
                 row.seconds = time.time() - t0
-                d.on_main(save_position, run, row, progress)
+                dist.on_main(save_position, run, row, progress)
                 raise run.stop.stopped(run.run_dir, epoch, row.step, row.steps)
             row["epoch_seconds"] = round(time.time() - t0, 2)
             check_parameters(run.net, epoch)               # before anything of this epoch is saved
             improved = progress.record(row)
-            rngs = d.gather_objects(rng_state())           # after the last random draw of the epoch
-            d.on_main(save_epoch, run, row, progress, rngs, improved)
-            d.say(epoch_line(row, args.num_epochs, progress), flush=True)
+            rngs = dist.gather_objects(rng_state())           # after the last random draw of the epoch
+            dist.on_main(save_epoch, run, row, progress, rngs, improved)
+            dist.say(epoch_line(row, args.num_epochs, progress), flush=True)
             if epoch + 1 < args.num_epochs and run.stop.after_step():   # a signal while the epoch's files were written
                 raise run.stop.stopped(run.run_dir, epoch + 1, 0, steps)
     finally:
@@ -262,55 +262,55 @@ class StopRule:
     process still has a batch (test batches are dealt round-robin, ``test_rounds`` is the number
     every process has), later requests are acted on after the epoch's files are written."""
 
-    def __init__(self, d, test_rounds: int):
-        self.d, self.test_rounds = d, test_rounds
+    def __init__(self, dist, test_rounds: int):
+        self.dist, self.test_rounds = dist, test_rounds
 
     def after_step(self) -> bool:
-        return self.d.any_true(STOP.requested)
+        return self.dist.any_true(STOP.requested)
 
     def before_test_batch(self, b: int) -> bool:
-        if not self.d.active:
+        if not self.dist.active:
             return STOP.requested
-        return b < self.test_rounds and self.d.any_true(STOP.requested)
+        return b < self.test_rounds and self.dist.any_true(STOP.requested)
 
     def stopped(self, run_dir: str, epoch: int, step: int, steps: int) -> Stopped:
         """The exception every process raises; the signal's name is the first process's that got one."""
-        names = [n for n in self.d.gather_objects(STOP.signame) if n]
-        how = "torchrun [the same options] train_test.py" if self.d.active else "python3 train_test.py"
+        names = [n for n in self.dist.gather_objects(STOP.signame) if n]
+        how = "torchrun [the same options] train_test.py" if self.dist.active else "python3 train_test.py"
         return Stopped(names[0] if names else "a signal", run_dir, epoch, step, steps, how)
 
 
 def run_epoch(run: Run, epoch: int, start: Position | None = None):
     """One training pass and one test pass; the metrics.csv row (without its time), or the
     :class:`Position` where a signal stopped it. ``start``: the position to continue from."""
-    args, d, sampler = run.args, run.dist, run.sampler
+    args, dist, sampler = run.args, run.dist, run.sampler
     train_loader, test_loader, _ = run.loaders
     lr = reference_lr(epoch, args.lr, args.num_epochs)
     set_lr(run.optimizer, lr)
     resume = None
     if start is not None:
         sampler.set_epoch(epoch, start.step, start.order)
-        resume = EpochStart(start.step, start.rank_sums(d), lambda: restore_rng(start.rngs, args, epoch, d))
+        resume = EpochStart(start.step, start.rank_sums(dist), lambda: restore_rng(start.rngs, args, epoch, dist))
     else:
         sampler.set_epoch(epoch)
     run.train_set.set_epoch(epoch)
     on_step = (lambda b, loss: run.tb.step(epoch, b, loss.item())) if run.tb else None
     out = train_one_epoch(run.train_net, train_loader, run.optimizer, run.device, args.num_classes, epoch,
-                          amp=args.amp, scaler=run.scaler, progress=d.is_main,
-                          plan=sampler.plan() if d.active else None, world_size=d.world_size,
-                          all_finite=d.all_true if d.active else None, on_step=on_step, resume=resume,
+                          amp=args.amp, scaler=run.scaler, progress=dist.is_main,
+                          plan=sampler.plan() if dist.active else None, world_size=dist.world_size,
+                          all_finite=dist.all_true if dist.active else None, on_step=on_step, resume=resume,
                           should_stop=run.stop.after_step if run.stop else None)
     rng = rng_state()                         # after the last training step: the test loader draws
     sums = out["sums"]
 
     def position(step: int) -> Position:
         return Position(epoch, step, sampler.steps_per_epoch, sampler.order(),
-                        d.gather_objects(sums.tolist()), d.gather_objects(rng))
+                        dist.gather_objects(sums.tolist()), dist.gather_objects(rng))
     if out["steps"] < sampler.steps_per_epoch:
         return position(out["steps"])
-    train = means(d.all_reduce_sum(sums), "train")
-    d.broadcast_buffers(run.net)              # every rank tests with rank 0's BatchNorm statistics
-    test = test_metrics(run.net, test_loader, run.device, args, run.monitor, d, progress=d.is_main,
+    train = means(dist.all_reduce_sum(sums), "train")
+    dist.broadcast_buffers(run.net)              # every rank tests with rank 0's BatchNorm statistics
+    test = test_metrics(run.net, test_loader, run.device, args, run.monitor, dist, progress=dist.is_main,
                         should_stop=run.stop.before_test_batch if run.stop else None)
     if test is None:
         return position(out["steps"])

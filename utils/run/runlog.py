@@ -109,44 +109,44 @@ def check_model_path(parent: str) -> None:
     probe_writable(parent)
 
 
-def open_run_folder(args, d) -> str:
+def open_run_folder(args, dist) -> str:
     """The run folder: a resumed run's own, or a new one under -modelPath holding config.json
     (made by rank 0, its name shared with every process). Sets ``args.run_dir``."""
     if args.resume is None:
-        args.run_dir = d.from_main(create_run_dir, args.modelPath, args.name, default_run_name(args))
-        d.on_main(lock_run_folder, args.run_dir)
-        d.on_main(write_json, os.path.join(args.run_dir, "config.json"), config_dict(args))
+        args.run_dir = dist.from_main(create_run_dir, args.modelPath, args.name, default_run_name(args))
+        dist.on_main(lock_run_folder, args.run_dir)
+        dist.on_main(write_json, os.path.join(args.run_dir, "config.json"), config_dict(args))
     else:
-        d.on_main(lock_run_folder, args.run_dir)
+        dist.on_main(lock_run_folder, args.run_dir)
     return args.run_dir
 
 
-def start_report(args, d, device, net, n_train: int, n_test: int, notes: list[str]) -> None:
+def start_report(args, dist, device, net, n_train: int, n_test: int, notes: list[str]) -> None:
     """What the run is about to do, printed once (rank 0): data, device, allocator, batches,
     the precision of each part (-amp: planned, and observed on one sample), determinism notes and
     the network's summary."""
     import torch
     from utils.run import allocator, precision
     from utils.run.loaders import batch_plan_text
-    say = d.say
+    say = dist.say
     say(f"device {device}; dataset {args.dataset}: {n_train} train / {n_test} test "
         f"samples, frames {args.T}x2x{args.frame_size[0]}x{args.frame_size[1]}, {args.num_classes} classes")
-    if d.active:
-        say(f"distributed: {d.world_size} processes, backend {d.backend}")
+    if dist.active:
+        say(f"distributed: {dist.world_size} processes, backend {dist.backend}")
     if device.type == "cpu":
         say(f"CPU allocator: {allocator.describe()}")
-    say(batch_plan_text(args, d.world_size))
+    say(batch_plan_text(args, dist.world_size))
     for line in precision.describe(net, device, args.amp):
         say(line)
-    if precision.amp_dtype(device, args.amp) == torch.bfloat16 and d.is_main:
+    if precision.amp_dtype(device, args.amp) == torch.bfloat16 and dist.is_main:
         say(precision.observed_line(net, torch.zeros(1, args.T, 2, *args.frame_size, device=device),
                                     device, args.amp))
     for note in notes:
         say(f"deterministic: {note}")
-    if d.world_size > 1 and args.attention == "ASA" and args.asa_mask == "reference" and not args.eval_only:
+    if dist.world_size > 1 and args.attention == "ASA" and args.asa_mask == "reference" and not args.eval_only:
         say("note: reference ASA masks pool over each process's part of the training batch (test "
             "batches are whole, as in one process)")
-    if d.is_main:
+    if dist.is_main:
         print_summary(net, args, device)
 
 
