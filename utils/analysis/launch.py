@@ -96,8 +96,13 @@ def count(env, name: str, default: int) -> int:
     return int(text)
 
 
-def settings_from_env(env, demo: bool, rows: list[str]) -> Settings:
+def settings_from_env(env, demo: bool, rows: list[str], slurm: bool = False) -> Settings:
     from utils.analysis.rows import extra_argv, parse_seeds
+    if slurm:
+        for name in ("JOBS", "DEVICES"):
+            if env.get(name, "").strip():
+                raise ValueError(f"{name}={env[name]!r}: for runs side by side on one node; with 'slurm' "
+                                 f"each run is an array task with the resources of SLURM_FLAGS")
     out_dir = env_value(env, "OUT_DIR", "results/demo" if demo else "results")
     devices = env_value(env, "DEVICES").split()
     jobs = count(env, "JOBS", max(1, len(devices)))
@@ -112,10 +117,11 @@ def settings_from_env(env, demo: bool, rows: list[str]) -> Settings:
                     data_root=env_value(env, "DATA_ROOT", "data"))
 
 
-def make_plan(env, demo: bool, rows: list[str]) -> tuple[Plan, list[str]]:
-    """The plan and the notes to print (rows without data, runs done or left alone)."""
+def make_plan(env, demo: bool, rows: list[str], slurm: bool = False) -> Plan:
+    """The plan; prints what it is about and one note per row without data and per run done or
+    left alone."""
     from utils.analysis.rows import plan, select_rows
-    s = settings_from_env(env, demo, rows)
+    s = settings_from_env(env, demo, rows, slurm)
     for name in ("DATA_ROOT", "NMNIST_PATH"):
         env_value(env, name)
     plan_env = {**env, "DATA_ROOT": s.data_root, "RUNS_DIR": s.runs_dir, "SEEDS": " ".join(map(str, s.seeds or []))}
@@ -123,7 +129,11 @@ def make_plan(env, demo: bool, rows: list[str]) -> tuple[Plan, list[str]]:
     notes = [i if isinstance(i, str) else f"{i.name}: {i.note}" if i.action != "done" else i.note
              for i in items if isinstance(i, str) or i.note]
     runs = [i for i in items if isinstance(i, PlannedRun)]
-    return Plan(ROOT, sys.executable, s, runs, [r.name for r in runs if r.runnable]), notes
+    say(f"final.sh: data root {s.data_root}, run folders in {s.runs_dir}, table in {s.out_dir}"
+        f"{', seeds ' + ' '.join(map(str, s.seeds)) if s.seeds else ''}{f', {s.jobs} runs at once' if s.jobs > 1 else ''}")
+    for n in notes:
+        say(f"-- {n}")
+    return Plan(ROOT, sys.executable, s, runs, [r.name for r in runs if r.runnable])
 
 
 def save_plan(plan: Plan, path: str) -> None:
@@ -202,6 +212,15 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
     import fcntl
     s, r = plan.settings, plan.run(k)
     received = set() if received is None else received
+    child = []
+
+    def forward(signum, _frame):        # installed first: a signal before the run starts is kept
+        received.add(signum)
+        if child:
+            child[0].send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, forward)
     folder = os.path.join(s.runs_dir, r.name)
     log, err = folder + ".log", folder + ".err"
     os.makedirs(s.runs_dir, exist_ok=True)
@@ -218,6 +237,9 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
     if action == "done":
         say(f"-- {r.name}: {note}")
         return 0
+    if received:
+        say(f"!! {r.name}: not started (a signal came first)")
+        return INTERRUPTED
     if action == "restart":
         moved = move_aside(folder)
         if moved is None:
@@ -238,13 +260,9 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err_fd,
                             start_new_session=True)
     os.close(err_fd)
-
-    def forward(signum, _frame):
-        received.add(signum)
-        proc.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
-        signal.signal(sig, forward)
+    child.append(proc)
+    if received:                          # came between the check above and the start
+        proc.send_signal(signal.SIGTERM)
     prefix = f"   [{r.name}] " if s.jobs > 1 else "   "
     for line in proc.stdout:
         os.write(log_fd, line)
@@ -311,7 +329,7 @@ def collect(plan: Plan, record: str | None = None) -> int:
         action, note = decide(os.path.join(s.runs_dir, r.name))
         if action == "done" and r.name not in failed_here:
             continue
-        why = {"new": "not started", "resume": "unfinished: the same command continues it",
+        why = {"new": f"no run folder (if it was started: {os.path.join(s.runs_dir, r.name)}.err)", "resume": "unfinished: the same command continues it",
                "restart": note, "in_use": note, "done": "finished, but its process failed (see its .err)"}[action]
         if r.action == "other" and action == "resume":        # still holding other settings
             why = r.note
@@ -376,13 +394,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         if a.command == "plan":
-            plan, notes = make_plan(os.environ, a.demo, a.rows)
+            plan = make_plan(os.environ, a.demo, a.rows)
             s = plan.settings
-            say(f"final.sh: data root {s.data_root}, run folders in {s.runs_dir}, "
-                f"table in {s.out_dir}{', seeds ' + ' '.join(map(str, s.seeds)) if s.seeds else ''}"
-                f"{f', {s.jobs} runs at once' if s.jobs > 1 else ''}")
-            for n in notes:
-                say(f"-- {n}")
             save_plan(plan, a.plan)
             if a.counts:
                 with open(a.counts, "w") as f:
