@@ -124,6 +124,10 @@ def make_plan(env, demo: bool, rows: list[str], slurm: bool = False) -> Plan:
     s = settings_from_env(env, demo, rows, slurm)
     for name in ("DATA_ROOT", "NMNIST_PATH"):
         env_value(env, name)
+    try:
+        os.makedirs(s.runs_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"RUNS_DIR={s.runs_dir!r}: cannot create it ({e.strerror or e})") from None
     plan_env = {**env, "DATA_ROOT": s.data_root, "RUNS_DIR": s.runs_dir, "SEEDS": " ".join(map(str, s.seeds or []))}
     items = plan(select_rows(rows, demo), plan_env, s.extra)
     notes = [i if isinstance(i, str) else f"{i.name}: {i.note}" if i.action != "done" else i.note
