@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from utils.analysis.rows import ATTENTIONS, PlannedRun, decide, hold_lock
+from utils.analysis.rows import ATTENTIONS, PlannedRun, decide, hold_lock, shown
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,7 +133,7 @@ def make_plan(env, demo: bool, rows: list[str], slurm: bool = False) -> Plan:
     notes = [i if isinstance(i, str) else f"{i.name}: {i.note}" if i.action != "done" else i.note
              for i in items if isinstance(i, str) or i.note]
     runs = [i for i in items if isinstance(i, PlannedRun)]
-    say(f"final.sh: data root {s.data_root}, run folders in {s.runs_dir}, table in {s.out_dir}"
+    say(f"final.sh: data root {shown(s.data_root)}, run folders in {shown(s.runs_dir)}, table in {shown(s.out_dir)}"
         f"{', seeds ' + ' '.join(map(str, s.seeds)) if s.seeds else ''}{f', {s.jobs} runs at once' if s.jobs > 1 else ''}")
     for n in notes:
         say(f"-- {n}")
@@ -232,7 +232,7 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
     try:
         fcntl.flock(log_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        say(f"-- skip {r.name}: started by another final.sh or SLURM task (it holds {log}); left alone")
+        say(f"-- skip {r.name}: started by another final.sh or SLURM task (it holds {shown(log)}); left alone")
         return IN_USE
     action, note = decide(folder)
     if action == "in_use":
@@ -247,9 +247,9 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
     if action == "restart":
         moved = move_aside(folder)
         if moved is None:
-            say(f"-- skip {r.name}: {folder} is in use by another process; left alone")
+            say(f"-- skip {r.name}: {shown(folder)} is in use by another process; left alone")
             return IN_USE
-        say(f"-- {r.name}: {note}; moved to {moved}, starting again")
+        say(f"-- {r.name}: {note}; moved to {shown(moved)}, starting again")
         action = "new"
     argv = run_argv(plan, r, action, slot)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -257,7 +257,7 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
     device = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("-device=")), "")
     say(f"== {r.name}: {'continuing' if action == 'resume' else 'started'} (seed {r.seed}, attention "
         f"{r.attention}{', device ' + device if device else ''}, {env['OMP_NUM_THREADS']} CPU "
-        f"thread(s)): {folder}  (log: {log})")
+        f"thread(s)): {shown(folder)}  (log: {shown(log)})")
     t0 = time.time()
     err_fd = _open_append(err)
     proc = subprocess.Popen([plan.python, os.path.join(plan.root, "train_test.py"), *argv], cwd=plan.root,
@@ -282,7 +282,7 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
             f"continues it")
     else:
         why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
-        say(f"!! {r.name}: failed ({why}) after {took}; last lines of {err}:")
+        say(f"!! {r.name}: failed ({why}) after {took}; last lines of {shown(err)}:")
         for line in _tail(err):
             say(f"   {line}")
     return rc

@@ -288,12 +288,18 @@ class PlannedRun:
         return self.action in RUNNABLE
 
 
+def shown(path: str) -> str:
+    """A path as a console line shows it: as it is, or quoted with escapes when it holds a
+    newline or another control character (one line stays one line)."""
+    return path if path.isprintable() else repr(path)
+
+
 def decide(folder: str, flags=None) -> tuple[str, str]:
     """(action, note) for a run folder now (PlannedRun); with ``flags`` a folder's settings are
     compared with them (without, the run's own train_test.py -resume checks them)."""
     holder = lock_holder(folder) if os.path.isdir(folder) else None
     if holder is not None:
-        return "in_use", (f"{folder} is in use by another process (pid {holder}); left alone")
+        return "in_use", (f"{shown(folder)} is in use by another process (pid {holder}); left alone")
     status = run_status(folder)
     if status == "absent":
         return "new", ""
@@ -301,12 +307,12 @@ def decide(folder: str, flags=None) -> tuple[str, str]:
     if status == "done":
         other = (f", but with other settings ({'; '.join(bad)}): the table reports it as it is; "
                  f"move it away to run this row's settings" if bad else "")
-        return "done", f"done already: {folder}{other} (delete it to run again)"
+        return "done", f"done already: {shown(folder)}{other} (delete it to run again)"
     if bad:
-        return "other", (f"{folder} holds a run with other settings ({'; '.join(bad)}); move it away "
+        return "other", (f"{shown(folder)} holds a run with other settings ({'; '.join(bad)}); move it away "
                          f"to run this row")
     if not os.path.isfile(os.path.join(folder, "config.json")):
-        return "restart", f"{folder} has no config.json (stopped before it was set up)"
+        return "restart", f"{shown(folder)} has no config.json (stopped before it was set up)"
     return "resume", ""
 
 
