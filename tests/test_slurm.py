@@ -72,26 +72,43 @@ def test_array_tasks_by_hand_write_final_sh_table(tmp_path, jobs2):
     folder = Path(array[-1]).parent
     assert (folder / "jobs").read_text().split() == ["4101", "4102"]
     assert "utils.analysis.slurm --task" in array_script and "utils.analysis.launch collect" in collect_script
-
-    # task 0 only; then `final.sh slurm` again submits the one run left
-    t0 = subprocess.run(["sh", str(folder / "array.sh")], env=task_env(SLURM_ARRAY_TASK_ID="0"),
-                        capture_output=True, text=True, timeout=120)
-    assert t0.returncode == 0 and "== demo_synthetic_no: finished" in t0.stdout, t0.stdout + t0.stderr
-    r = final(env, "slurm", "demo", "demo_synthetic")
-    assert r.returncode == 0 and "1 run(s) to submit: demo_synthetic_ASA" in r.stdout, r.stdout + r.stderr
-    (again, _), (collect2, _) = submissions(calls)[2:]
-    assert "--array=0-0" in again and collect2[1] == "--dependency=afterany:4103"
-    folder2 = Path(again[-1]).parent
-    assert folder2 != folder
-    t1 = subprocess.run(["sh", str(folder2 / "array.sh")], env=task_env(SLURM_ARRAY_TASK_ID="0"),
-                        capture_output=True, text=True, timeout=120)
-    assert t1.returncode == 0 and "== demo_synthetic_ASA: finished" in t1.stdout, t1.stdout + t1.stderr
-    c = subprocess.run(["sh", str(folder2 / "collect.sh")], env=task_env(), capture_output=True, text=True,
+    # the tasks, by hand, in an environment without final.sh's variables; then the collector
+    for k, name in enumerate(RUNS):
+        t = subprocess.run(["sh", str(folder / "array.sh")], env=task_env(SLURM_ARRAY_TASK_ID=str(k)),
+                           capture_output=True, text=True, timeout=120)
+        assert t.returncode == 0 and f"== {name}: finished" in t.stdout, t.stdout + t.stderr
+    c = subprocess.run(["sh", str(folder / "collect.sh")], env=task_env(), capture_output=True, text=True,
                        timeout=180)
     assert c.returncode == 0, c.stdout + c.stderr
     out = tmp_path / "s p|ace" / "out"
     assert table_rows(out / "table.csv") == table_rows(base / "out" / "table.csv")
-    # everything done: nothing more to submit
+
+
+def done_run(folder: Path, epochs: int = 2) -> None:
+    """A finished run as the planner sees it (every epoch in metrics.csv, a best.pth)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"num_epochs": epochs}))
+    (folder / "metrics.csv").write_text("epoch,test_acc\n" + "".join(f"{e},10.0\n" for e in range(epochs)))
+    (folder / "best.pth").write_bytes(b"")
+
+
+def test_submitting_again_submits_only_what_is_left(tmp_path):
+    bin_dir, calls = fake_tools(tmp_path)
+    env = final_env(tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert final(env, "slurm", "demo", "demo_synthetic").returncode == 0
+    done_run(tmp_path / "runs" / RUNS[0])                   # task 0 finished; task 1 still queued
+    (bin_dir / "squeue").write_text('#!/bin/sh\ncase "$*" in *--jobs=4101*) echo 1 ;; esac\n')
+    (bin_dir / "squeue").chmod(0o755)
+    r = final(env, "slurm", "demo", "demo_synthetic")
+    assert r.returncode == 0 and f"{RUNS[1]}: still in SLURM's queue (job array 4101, task 1)" in r.stdout
+    assert "nothing to submit" in r.stdout and len(submissions(calls)) == 2
+    (bin_dir / "squeue").unlink()                            # it left the queue without running
+    r = final(env, "slurm", "demo", "demo_synthetic")
+    assert r.returncode == 0 and f"1 run(s) to submit: {RUNS[1]}" in r.stdout, r.stdout + r.stderr
+    (again, _), (collect, _) = submissions(calls)[2:]
+    assert "--array=0-0" in again and collect[1] == "--dependency=afterany:4103"
+    assert json.loads((Path(again[-1]).parent / "plan.json").read_text())["queue"] == [RUNS[1]]
+    done_run(tmp_path / "runs" / RUNS[1])
     r = final(env, "slurm", "demo", "demo_synthetic")
     assert r.returncode == 0 and "nothing to submit" in r.stdout and len(submissions(calls)) == 4
 

@@ -396,34 +396,44 @@ def main(argv=None) -> int:
     pc.add_argument("--record", metavar="FILE", help="the outcomes 'run' appended")
     pc.add_argument("--problems", metavar="FILE", help="write the number of problems there (for final.sh)")
     a = p.parse_args(argv)
+    return one_line_errors(command, a)
+
+
+def command(a) -> int:
+    if a.command == "plan":
+        plan = make_plan(os.environ, a.demo, a.rows)
+        s = plan.settings
+        save_plan(plan, a.plan)
+        if a.counts:
+            with open(a.counts, "w") as f:
+                f.write(f"{len(plan.queue)} {min(s.jobs, len(plan.queue))}\n")
+        return 0
+    plan = load_plan(a.plan)
+    if a.command == "run":
+        rc = run_one(plan, a.k, a.slot)
+        if a.record:
+            with open(a.record, "a", encoding="utf-8") as f:
+                f.write(f"{plan.queue[a.k]} {OUTCOME.get(rc, 'failed')}\n")
+        return rc
+    problems = collect(plan, a.record)
+    if a.problems:
+        with open(a.problems, "w") as f:
+            f.write(f"{problems}\n")
+    return 1 if problems else 0
+
+
+def one_line_errors(fn, *args) -> int:
+    """``fn(*args)``, a refusal (ValueError, UserError) or a file error printed as one `error:`
+    line (exit 2)."""
     try:
-        if a.command == "plan":
-            plan = make_plan(os.environ, a.demo, a.rows)
-            s = plan.settings
-            save_plan(plan, a.plan)
-            if a.counts:
-                with open(a.counts, "w") as f:
-                    f.write(f"{len(plan.queue)} {min(s.jobs, len(plan.queue))}\n")
-            return 0
-        plan = load_plan(a.plan)
-        if a.command == "run":
-            rc = run_one(plan, a.k, a.slot)
-            if a.record:
-                with open(a.record, "a", encoding="utf-8") as f:
-                    f.write(f"{plan.queue[a.k]} {OUTCOME.get(rc, 'failed')}\n")
-            return rc
-        problems = collect(plan, a.record)
-        if a.problems:
-            with open(a.problems, "w") as f:
-                f.write(f"{problems}\n")
-        return 1 if problems else 0
+        return fn(*args)
     except (ValueError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: {getattr(e, 'filename', None) or ''}: {e.strerror or e}", file=sys.stderr)
+        name = getattr(e, "filename", None)
+        print(f"error: {name + ': ' if name else ''}{e.strerror or e}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,8 @@ Everything is SLURM's own machinery:
 - the collector: ``sbatch --dependency=afterany:<array>``, after every task ended, requeued
   ones included.
 Running `sh final.sh slurm` again plans again: runs finished or held by a live task are left out,
-so only what is left is submitted.
+and so are the tasks of earlier submissions that ``squeue`` still lists, so only what is left is
+submitted.
 """
 from __future__ import annotations
 
@@ -34,8 +35,7 @@ import subprocess
 import sys
 import time
 
-from utils.analysis.launch import INTERRUPTED, load_plan, make_plan, run_one, save_plan, say
-from utils.errors import UserError
+from utils.analysis.launch import INTERRUPTED, load_plan, make_plan, one_line_errors, run_one, save_plan, say
 
 SIGNAL_BEFORE = 300          # seconds before the time limit: a training step and one checkpoint write
 OURS = {"--array": "the plan decides the tasks", "-a": "the plan decides the tasks",
@@ -119,6 +119,10 @@ def submit(env, demo: bool, rows: list[str]) -> int:
         raise ValueError(f"SUBMIT={choice!r}: expected 0 (only write the scripts) or 1 (submit; the default)")
     flags = slurm_flags(env)
     plan = make_plan(env, demo, rows, slurm=True)
+    queued = queued_runs(plan.settings.runs_dir)
+    for name in (n for n in plan.queue if n in queued):
+        say(f"-- {name}: still in SLURM's queue ({queued[name]}); not submitted again")
+    plan.queue = [n for n in plan.queue if n not in queued]
     if not plan.queue:
         say("final.sh slurm: nothing to submit: every run of the table is finished or held by a live "
             "process; `sh final.sh` (same variables) writes the table")
@@ -138,6 +142,28 @@ def submit(env, demo: bool, rows: list[str]) -> int:
         say(f"sbatch is not on PATH: nothing submitted; on the cluster, submit with: {how}")
         return 0
     return subprocess.run(["sh", script]).returncode
+
+
+def queued_runs(runs_dir: str) -> dict:
+    """{run: 'job array ID, task k'} for the tasks of earlier submissions (RUNS_DIR/slurm/*/jobs)
+    that SLURM still lists, pending or running (squeue); nothing when squeue is not here."""
+    base = os.path.join(runs_dir, "slurm")
+    if shutil.which("squeue") is None or not os.path.isdir(base):
+        return {}
+    out = {}
+    for d in sorted(os.listdir(base)):
+        try:
+            with open(os.path.join(base, d, "jobs")) as f:
+                array = f.read().split()[0]
+            queue = load_plan(os.path.join(base, d, "plan.json")).queue
+        except (OSError, ValueError, IndexError):
+            continue                      # never submitted (SUBMIT=0) or not ours
+        r = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={array}", "--format=%K"],
+                           capture_output=True, text=True)
+        for k in r.stdout.split() if r.returncode == 0 else []:
+            if k.isdigit() and int(k) < len(queue):
+                out[queue[int(k)]] = f"job array {array}, task {k}"
+    return out
 
 
 def task(plan_path: str, env) -> int:
@@ -166,17 +192,9 @@ def main(argv=None) -> int:
                    "(what array.sh does)")
     p.add_argument("rows", nargs="*", metavar="ROW", help="rows (default: the paper rows, or the demo rows)")
     a = p.parse_args(argv)
-    try:
-        if a.task:
-            return task(a.task, os.environ)
-        return submit(os.environ, a.demo, a.rows)
-    except (ValueError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {getattr(e, 'filename', None) or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
-
+    if a.task:
+        return one_line_errors(task, a.task, os.environ)
+    return one_line_errors(submit, os.environ, a.demo, a.rows)
 
 if __name__ == "__main__":
     sys.exit(main())
