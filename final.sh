@@ -68,8 +68,8 @@
 #   SLURM_FLAGS  with 'slurm': sbatch resources for each run, e.g. "--gres=gpu:1 --time=24:00:00 -p gpu"
 #   SUBMIT=0     with 'slurm': write the scripts and print how to submit them, submit nothing
 #   PYTHON       interpreter (default python3)
-#   VERBOSE=1    show train_test.py's whole output (model summary, progress bars) instead of the
-#                epoch lines only
+#   VERBOSE=1    show train_test.py's whole output (the model summary too) instead of the epoch
+#                lines only (progress bars are in the .err logs)
 set -u
 cd "$(dirname "$0")" || exit 2
 PYTHON=${PYTHON:-python3}

@@ -410,6 +410,12 @@ def command(a) -> int:
         return 0
     plan = load_plan(a.plan)
     if a.command == "run":
+        # final.sh passes each stop signal on once; a terminal's Ctrl-C must not reach this
+        # process a second time through final.sh's process group
+        try:
+            os.setpgrp()
+        except OSError:                   # already a session's leader: nothing shares its group
+            pass
         rc = run_one(plan, a.k, a.slot)
         if a.record:
             with open(a.record, "a", encoding="utf-8") as f:
