@@ -36,7 +36,8 @@ def metrics(folder: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def jobs2(tmp_path_factory):
-    """`JOBS=2 sh final.sh demo demo_synthetic` once, in odd folders: (base folder, result)."""
+    """`DEVICES="cpu cpu" sh final.sh demo demo_synthetic` (JOBS=2: one job slot per device) once,
+    in odd folders: (base folder, result)."""
     base = tmp_path_factory.mktemp("jobs2") / ODD
-    r = final(final_env(base, JOBS="2"), "demo", "demo_synthetic")
+    r = final(final_env(base, DEVICES="cpu cpu"), "demo", "demo_synthetic")
     return base, r

@@ -15,6 +15,7 @@ def test_two_jobs_overlap_and_finish(jobs2):
     base, r = jobs2
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
+    assert lines[0].endswith(", 2 runs at once")             # JOBS: one slot per device of DEVICES
     started = [i for i, l in enumerate(lines) if l.startswith("== demo_synthetic_") and ": started (" in l]
     finished = [i for i, l in enumerate(lines) if l.startswith("== demo_synthetic_") and ": finished in" in l]
     assert len(started) == 2 and len(finished) == 2
@@ -23,7 +24,7 @@ def test_two_jobs_overlap_and_finish(jobs2):
         (line,) = [l for l in lines if l.startswith(f"== {name}: started")]
         # one line per run with its log, the whole odd path in it; one CPU thread each (OMP_NUM_THREADS)
         assert f"(log: {repr(str(base / 'runs' / name) + '.log')})" in line
-        assert "1 CPU thread(s)" in line
+        assert "device cpu, 1 CPU thread(s)" in line            # its slot's device, its threads
         # epoch lines carry the run's name when runs go side by side
         assert any(l.startswith(f"   [{name}] epoch 2/2") for l in lines)
         assert len(metrics(base / "runs" / name)) == 2
