@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -109,3 +110,24 @@ def test_stopped_final_sh_continues_every_run(tmp_path):
     assert r.stdout.splitlines()[-1].startswith("final.sh: 2 run(s) started (2 finished") and \
         "0 problem(s)" in r.stdout.splitlines()[-1]
     assert not [q for q in (tmp_path / "runs").iterdir() if ".unfinished-" in q.name]
+
+
+def test_a_planted_log_link_is_not_written_through(tmp_path):
+    """A link planted as a run's console log: that run fails with one line, nothing is written
+    where the link points, and the failure is counted."""
+    from utils.analysis import launch
+    from utils.analysis.rows import PlannedRun
+    runs, target = tmp_path / "runs", tmp_path / "elsewhere.txt"
+    runs.mkdir()
+    target.write_text("keep me\n")
+    (runs / f"{RUNS[0]}.log").symlink_to(target)
+    item = PlannedRun(RUNS[0], "demo_synthetic", "no", 0, "", ("-dataset", "synthetic"), "new")
+    plan = launch.Plan(str(ROOT), "/nonexistent/python", launch.Settings(str(runs), "out", "", True, [], [0]),
+                       [item], [item.name])
+    launch.save_plan(plan, str(tmp_path / "plan.json"))
+    r = subprocess.run([sys.executable, "-m", "utils.analysis.launch", "run", str(tmp_path / "plan.json"), "0",
+                        "--record", str(tmp_path / "record")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "a symbolic link" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert target.read_text() == "keep me\n" and not (runs / RUNS[0]).exists()
+    assert (tmp_path / "record").read_text() == f"{RUNS[0]} failed\n"

@@ -197,7 +197,13 @@ def threads_per_run(jobs: int) -> int:
 
 def _open_append(path: str) -> int:
     """A console log, opened to append (never truncated, never through a planted link)."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise UserError(f"{shown(path)}: a symbolic link; a console log is never written through one "
+                            f"(remove it)") from None
+        raise UserError(f"cannot open the console log {shown(path)}: {e.strerror or e}") from None
 
 
 def _tail(path: str, n: int = 5) -> list[str]:
@@ -416,7 +422,7 @@ def command(a) -> int:
             os.setpgrp()
         except OSError:                   # already a session's leader: nothing shares its group
             pass
-        rc = run_one(plan, a.k, a.slot)
+        rc = one_line_errors(run_one, plan, a.k, a.slot)
         if a.record:
             with open(a.record, "a", encoding="utf-8") as f:
                 f.write(f"{plan.queue[a.k]} {OUTCOME.get(rc, 'failed')}\n")
