@@ -310,3 +310,14 @@ def test_collector_mean_std_and_paired_deltas_over_seeds(tmp_path):
     assert (g["n_no"], g["n_asa"], g["n_pairs"]) == ("2", "1", "1")
     assert float(g["acc_no"]) == pytest.approx(85.0) and float(g["acc_no_std"]) == pytest.approx(50 ** 0.5)
     assert g["acc_asa_std"] == "" and float(g["d_acc_pp"]) == pytest.approx(5.0) and g["d_acc_pp_std"] == ""
+
+
+def test_plan_leaves_unreadable_run_folders_alone(tmp_path):
+    """A run folder whose files cannot be read is left alone with a note naming it, not a traceback
+    that stops the plan."""
+    runs = tmp_path / "runs"
+    fake_run(runs / "demo_synthetic_no", [10.0], [0.2], num_epochs=3)
+    (runs / "demo_synthetic_no" / "metrics.csv").write_text("epoch,test_acc\nnot a number,1\n")
+    items = rows.plan([ROW_BY_NAME["demo_synthetic"]], {"RUNS_DIR": str(runs)})
+    assert items[0].action == "other" and "demo_synthetic_no cannot be read" in items[0].note
+    assert items[1].action == "new"

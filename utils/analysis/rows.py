@@ -23,6 +23,7 @@ import shlex
 from dataclasses import dataclass
 
 from utils.analysis.runs import read_config, read_metrics
+from utils.errors import UserError
 
 ATTENTIONS = ("no", "ASA")
 
@@ -300,10 +301,13 @@ def decide(folder: str, flags=None) -> tuple[str, str]:
     holder = lock_holder(folder) if os.path.isdir(folder) else None
     if holder is not None:
         return "in_use", (f"{shown(folder)} is in use by another process (pid {holder}); left alone")
-    status = run_status(folder)
-    if status == "absent":
-        return "new", ""
-    bad = settings_mismatch(folder, flags) if flags is not None else []
+    try:
+        status = run_status(folder)
+        if status == "absent":
+            return "new", ""
+        bad = settings_mismatch(folder, flags) if flags is not None else []
+    except (UserError, ValueError, TypeError) as e:       # a broken metrics.csv or config.json
+        return "other", f"{shown(folder)} cannot be read ({e}); left alone: repair or move it away"
     if status == "done":
         other = (f", but with other settings ({'; '.join(bad)}): the table reports it as it is; "
                  f"move it away to run this row's settings" if bad else "")
