@@ -1,8 +1,10 @@
 """final.sh's rows: the paper's table (the one place its rows are written down), run folder names
-per seed, and the plan of what final.sh runs.
+per seed, and what final.sh does with each run (new, continue, done, left alone).
 
     python3 -m utils.analysis.table --list                     # the rows and their flags
-    python3 -m utils.analysis.table --plan [--demo] [ROW ...]  # what final.sh will do (used by it)
+    python3 -m utils.analysis.table --plan [--demo] [ROW ...]  # what final.sh would do now
+
+final.sh's plan file, made from :func:`plan`, is utils/analysis/launch.py's.
 
 Each row of the paper's table (docs/reference.md) runs twice per seed, as run folders
 ``<RUNS_DIR>/<row>_no`` (LIF-SNN) and ``<RUNS_DIR>/<row>_ASA`` for the row's own seed (the authors'
@@ -12,7 +14,7 @@ preset (datasets/__init__.py: the authors' run settings) plus the row's override
 
 Environment read by the plan: DATA_ROOT (each row's data is DATA_ROOT/<folder>), RUNS_DIR (default
 results/runs), NMNIST_PATH (the demo's optional N-MNIST row), SEEDS (space-separated seeds; default:
-the row's own).
+the row's own); EXTRA_FLAGS comes parsed (:func:`extra_argv`).
 """
 from __future__ import annotations
 
