@@ -131,3 +131,24 @@ def test_a_planted_log_link_is_not_written_through(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert target.read_text() == "keep me\n" and not (runs / RUNS[0]).exists()
     assert (tmp_path / "record").read_text() == f"{RUNS[0]} failed\n"
+
+
+def test_a_folder_without_config_is_moved_aside_only_when_free(tmp_path):
+    """The one folder final.sh moves (no config.json: killed while it was set up) is renamed whole,
+    and only when no process holds its lock."""
+    from utils.analysis import launch
+    from utils.analysis.rows import decide
+    folder = tmp_path / RUNS[0]
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("epoch,test_acc\n")
+    assert decide(str(folder))[0] == "restart"
+    lock = hold(folder / ".lock")
+    try:
+        assert decide(str(folder))[0] == "in_use" and launch.move_aside(str(folder)) is None
+    finally:
+        lock.close()
+    assert (folder / "metrics.csv").exists()
+    moved = Path(launch.move_aside(str(folder)))
+    assert not folder.exists() and moved.name.startswith(f"{RUNS[0]}.unfinished-")
+    assert (moved / "metrics.csv").read_text() == "epoch,test_acc\n"
+    assert decide(str(folder))[0] == "new"
