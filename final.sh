@@ -6,6 +6,10 @@
 #   SEEDS="0 1 2" DATA_ROOT=/data sh final.sh   every row once per seed; the table: mean +- std, n
 #   sh final.sh demo                            the same pipeline on built-in synthetic data, 3 seeds (~10 min, CPU)
 #   NMNIST_PATH=/data/N-MNIST sh final.sh demo  ... plus a short N-MNIST row
+#   JOBS=2 sh final.sh demo                     two runs at a time (each with half the CPU threads)
+#   DEVICES="cuda:0 cuda:1 cuda:2 cuda:3" DATA_ROOT=/data sh final.sh    one run per GPU, 4 at a time
+#   SLURM_FLAGS="--gres=gpu:1 --time=24:00:00 -p gpu" DATA_ROOT=/data sh final.sh slurm [rows]
+#                                               a SLURM job array (one task per run) and a collector job
 #   sh final.sh -h                              this help
 #
 # Each row runs twice (-attention no, -attention ASA) with the authors' settings; the rows and their
@@ -13,9 +17,12 @@
 # builds the rows; `python3 -m utils.analysis.table --list` prints them.
 # Run folders: $RUNS_DIR/<row>_no and $RUNS_DIR/<row>_ASA (train_test.py's -name) for the row's own
 # seed (the authors' 0), <row>_no_s<seed> and <row>_ASA_s<seed> for other seeds; console logs
-# beside them (<run>.log, .err). A run whose metrics.csv has every epoch is not run
-# again; an unfinished one is continued from its last.pth with train_test.py -resume, or, when it
-# has no checkpoint yet, moved aside to <name>.unfinished-<time> and started again. At the end the collector
+# beside them (<run>.log, .err; appended to, never overwritten). A run whose metrics.csv has every
+# epoch is not run again; an unfinished one is continued with train_test.py -resume (from its
+# last.pth, or from epoch 1 in its own folder when it stopped before its first checkpoint); a folder
+# without config.json is moved aside to <name>.unfinished-<time> and the run started again. A run
+# folder held by another process (another final.sh, a SLURM task, a train_test.py) is left alone
+# with one line. At the end the collector
 # (python3 -m utils.analysis.table) writes $OUT_DIR/table.md and table.csv (reproduced vs paper, deltas,
 # energy; with several seeds mean +- sample std and n, deltas per seed then averaged) and
 # $OUT_DIR/curves_<row>.png (test accuracy and NASFR per epoch, LIF-SNN and + ASA), and
@@ -36,6 +43,14 @@
 #   (demo)       none; N-MNIST via NMNIST_PATH (Train/<digit>/*.bin, Test/<digit>/*.bin)
 # Layouts in detail: docs/datasets.md; this script: docs/reproduce.md.
 #
+# Each run prints one line when it starts and one when it finishes, fails or is interrupted (with its
+# log's path); its epoch lines follow, prefixed with the run's name when several runs go at once.
+# The last line counts the runs and the problems: a run of the table that is not finished at the end
+# (failed, interrupted, held by another process, or a folder of other settings) is a problem, and
+# the exit status is 0 only without problems. Stopped by SIGINT or SIGTERM, final.sh passes the
+# signal to every running run, which saves a resumable last.pth; it then exits 75 without the
+# table, and the same command continues every run.
+#
 # Environment (all optional):
 #   DATA_ROOT    data folder (default data)
 #   SEEDS        seeds, e.g. "0 1 2": each row runs once per seed (default: the row's own seed, 0;
@@ -43,129 +58,104 @@
 #   RUNS_DIR     run folders (default results/runs)
 #   OUT_DIR      table and curves (default results; the demo: results/demo)
 #   IMG_DIR      figures (default $OUT_DIR/figures/<row>; the demo: img)
-#   EXTRA_FLAGS  appended to every train_test.py call, e.g. "-device cuda:1 -num_work 8"
+#   EXTRA_FLAGS  appended to every train_test.py call, e.g. "-num_work 8"; quoted as in the shell
+#                ("-num_work 4 -backend eager"); a run whose folder was started with them continues
+#                with them. Flags final.sh sets (-attention -name -modelPath -resume -seed -dataset
+#                -data_path) are refused: use SEEDS, DATA_ROOT, RUNS_DIR
+#   JOBS         runs at the same time (default: the number of DEVICES, else 1); on CPU each run gets
+#                cores/JOBS threads (OMP_NUM_THREADS, unless you set it)
+#   DEVICES      devices, one per job slot, e.g. "cuda:0 cuda:1" (each running run gets its own)
+#   SLURM_FLAGS  with 'slurm': sbatch resources for each run, e.g. "--gres=gpu:1 --time=24:00:00 -p gpu"
+#   SUBMIT=0     with 'slurm': write the scripts and print how to submit them, submit nothing
 #   PYTHON       interpreter (default python3)
-#   VERBOSE=1    show train_test.py's whole output (model summary, progress bars) instead of the
-#                epoch lines only
+#   VERBOSE=1    show train_test.py's whole output (the model summary too) instead of the epoch
+#                lines only (progress bars are in the .err logs)
 set -u
 cd "$(dirname "$0")" || exit 2
-
 PYTHON=${PYTHON:-python3}
-DATA_ROOT=${DATA_ROOT:-data}
-RUNS_DIR=${RUNS_DIR:-results/runs}
-NMNIST_PATH=${NMNIST_PATH:-}
-EXTRA_FLAGS=${EXTRA_FLAGS:-}
-VERBOSE=${VERBOSE:-0}
-SEEDS=${SEEDS:-}
 
 usage() {
     sed -n '2,/^set -u/p' "$0" | sed -e '/^set -u/d' -e 's/^# \{0,1\}//'
 }
 
-demo=0
+mode=local
 case "${1:-}" in
     -h|--help|help) usage; exit 0 ;;
-    demo) demo=1; shift ;;
+    slurm) mode=slurm; shift ;;
 esac
-if [ "$demo" = 1 ]; then
-    OUT_DIR=${OUT_DIR:-results/demo}
-    IMG_DIR=${IMG_DIR:-img}
-    SEEDS=${SEEDS:-0 1 2}
-    plan_args="--demo"
-else
-    OUT_DIR=${OUT_DIR:-results}
-    IMG_DIR=${IMG_DIR:-}
-    plan_args=""
+plan_args=""
+case "${1:-}" in
+    demo) plan_args=--demo; shift ;;
+esac
+if [ "$mode" = slurm ]; then
+    # shellcheck disable=SC2086  # $plan_args: one flag or none
+    exec "$PYTHON" -m utils.analysis.slurm $plan_args "$@"
 fi
 
-export DATA_ROOT RUNS_DIR NMNIST_PATH SEEDS
+# The plan (utils/analysis/launch.py) is a JSON file; this script only ever handles run numbers.
 start=$(date +%s)
-plan=$($PYTHON -m utils.analysis.table --plan $plan_args "$@") || exit 2
-mkdir -p "$RUNS_DIR" || exit 2
-echo "final.sh: data root $DATA_ROOT, run folders in $RUNS_DIR, table in $OUT_DIR${SEEDS:+, seeds $SEEDS}"
+state=$(mktemp -d "${TMPDIR:-/tmp}/final.XXXXXX") || exit 2
+trap 'rm -rf "$state"' EXIT
+plan=$state/plan.json
+# shellcheck disable=SC2086
+"$PYTHON" -m utils.analysis.launch plan --counts "$state/counts" $plan_args -- "$plan" "$@" || exit 2
+read -r runs jobs <"$state/counts" || exit 2
 
-# Show the lines worth seeing from train_test.py's stdout (the full output is in the .log file).
-show() {
-    if [ "$VERBOSE" = 1 ]; then cat; return; fi
-    while IFS= read -r line; do
-        case "$line" in
-            "run folder:"*|device*|epoch*|done:*|note:*|"test acc"*) echo "   $line" ;;
-        esac
+# SIGINT / SIGTERM: no new run starts; each running run gets SIGTERM (it saves and exits 75).
+stop() {
+    : >"$state/stop"
+    echo "final.sh: stopping; each running run saves a resumable last.pth (the same command continues)"
+    for f in "$state"/pid.*; do
+        [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
     done
 }
+trap stop INT TERM HUP
 
-failed=0
-ran=0
-rows_done=""
-while IFS='|' read -r kind row att name ddir flags resume; do
-    [ -n "$kind" ] || continue
-    case "$kind" in
-        NOTE) echo "-- $row"; continue ;;
-        RESTART)
-            old="$RUNS_DIR/$name.unfinished-$(date +%Y%m%d-%H%M%S)"
-            mv "$RUNS_DIR/$name" "$old" && echo "-- $name: unfinished with no checkpoint to continue from; moved to $old" ;;
-    esac
-    log="$RUNS_DIR/$name.log"
-    err="$RUNS_DIR/$name.err"
-    rcfile="$RUNS_DIR/$name.rc"
-    set -- -attention "$att" -name "$name" -modelPath "$RUNS_DIR"
-    [ -n "$ddir" ] && set -- "$@" -data_path "$ddir"
-    [ "$resume" = resume ] && set -- "$@" -resume "$RUNS_DIR/$name"
-    seed=$(echo " $flags " | sed -n 's/.* -seed \([0-9]*\) .*/\1/p')
-    echo "== $row${SEEDS:+, seed $seed}, attention $att${resume:+ (continuing)}: $RUNS_DIR/$name  (log: $log)"
-    t0=$(date +%s)
-    # shellcheck disable=SC2086  # $flags and $EXTRA_FLAGS are flag lists: word splitting intended
-    { PYTHONUNBUFFERED=1 $PYTHON train_test.py $flags "$@" $EXTRA_FLAGS </dev/null 2>"$err"
-      echo $? >"$rcfile"; } | tee -a "$log" | show
-    rc=$(cat "$rcfile" 2>/dev/null || echo 1)
-    rm -f "$rcfile"
-    ran=$((ran + 1))
-    if [ "$rc" != 0 ]; then
-        failed=$((failed + 1))
-        echo "!! $name failed (exit $rc) after $(( $(date +%s) - t0 ))s; last lines of $err:"
-        tail -n 5 "$err" | sed 's/^/   /'
-    else
-        echo "   finished in $(( $(date +%s) - t0 ))s"
-    fi
-done <<EOF
-$plan
-EOF
-
-# The table and the curves: every paper row (also those not run), or the demo rows that have runs;
-# the seeds asked for (all found when SEEDS is unset).
-seed_args=""
-[ -n "$SEEDS" ] && seed_args="--seeds $SEEDS"
-# shellcheck disable=SC2086  # $seed_args: a flag and its words
-if [ "$demo" = 1 ]; then
-    $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --demo $seed_args
-else
-    $PYTHON -m utils.analysis.table "$RUNS_DIR" --out "$OUT_DIR" --all-paper-rows $seed_args
-fi || failed=$((failed + 1))
-
-# Figures for every row whose two runs of the first seed finished far enough to have a best.pth.
-# shellcheck disable=SC2086
-pairs=$($PYTHON -m utils.analysis.table --pairs --plan $plan_args) || failed=$((failed + 1))
-while IFS='|' read -r r lif asa; do
-    [ -n "$r" ] || continue
-    if [ -f "$lif/best.pth" ] && [ -f "$asa/best.pth" ]; then
-        if [ "$demo" = 1 ]; then
-            dir=$IMG_DIR; prefix="${r#demo_}_"
-            # the README shows the demo's curves beside its other figures
-            if [ -f "$OUT_DIR/curves_$r.png" ]; then
-                mkdir -p "$dir" && cp "$OUT_DIR/curves_$r.png" "$dir/${prefix}curves.png" || failed=$((failed + 1))
-            fi
-        else
-            dir=${IMG_DIR:-$OUT_DIR/figures}; prefix="${r}_"
+# One job slot: takes the next run no slot has claimed (mkdir is atomic) until none is left.
+slot() {
+    k=0
+    while [ "$k" -lt "$runs" ] && [ ! -e "$state/stop" ]; do
+        if mkdir "$state/claim.$k" 2>/dev/null; then
+            "$PYTHON" -m utils.analysis.launch run "$plan" "$k" --slot "$1" --record "$state/record" </dev/null &
+            echo $! >"$state/pid.$1"
+            [ -e "$state/stop" ] && kill -TERM $! 2>/dev/null
+            wait $!
+            rm -f "$state/pid.$1"
         fi
-        $PYTHON -m utils.analysis.plots --lif "$lif" --asa "$asa" --out "$dir" \
-            --prefix "$prefix" || failed=$((failed + 1))
-    fi
-done <<EOF
-$pairs
-EOF
+        k=$((k + 1))
+    done
+}
+pids=""
+i=0
+while [ "$i" -lt "$jobs" ]; do
+    slot "$i" &
+    pids="$pids $!"
+    i=$((i + 1))
+done
+for p in $pids; do
+    while kill -0 "$p" 2>/dev/null; do wait "$p"; done     # a signal's trap interrupts wait: wait again
+done
 
-echo "final.sh: $ran run(s) started, $failed problem(s), $(( $(date +%s) - start ))s in all; table: $OUT_DIR/table.md"
-if [ "$ran" = 0 ] && [ "$demo" = 0 ] && ! ls "$RUNS_DIR" 2>/dev/null | grep -Eq '_(no|ASA)(_s[0-9]+)?$'; then
-    echo "final.sh: no data found under $DATA_ROOT; 'sh final.sh demo' runs the pipeline on built-in data."
+finished=0; failed=0; interrupted=0; skipped=0
+if [ -f "$state/record" ]; then
+    while read -r name outcome; do
+        case "$outcome" in
+            finished) finished=$((finished + 1)) ;;
+            interrupted) interrupted=$((interrupted + 1)) ;;
+            skipped) skipped=$((skipped + 1)) ;;
+            *) failed=$((failed + 1)) ;;
+        esac
+    done <"$state/record"
 fi
-[ "$failed" = 0 ]
+started=$((finished + failed + interrupted))
+counts="$started run(s) started ($finished finished, $failed failed, $interrupted interrupted, $skipped left to another process)"
+if [ -e "$state/stop" ]; then
+    echo "final.sh: stopped: $counts, $(( $(date +%s) - start ))s in all; the same command continues"
+    exit 75
+fi
+
+# The table, the curves and the figures; then every run of the table that is not finished.
+"$PYTHON" -m utils.analysis.launch collect "$plan" --record "$state/record" --problems "$state/problems"
+problems=$(cat "$state/problems" 2>/dev/null) || problems=1
+echo "final.sh: $counts, $problems problem(s), $(( $(date +%s) - start ))s in all"
+[ "$problems" = 0 ]

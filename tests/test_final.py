@@ -159,23 +159,31 @@ def test_plan_skips_finished_runs_and_continues_unfinished(tmp_path):
     fake_run(runs / "gesture_ASA", [10], [0.2], num_epochs=200)                     # unfinished
     env = {"DATA_ROOT": str(tmp_path / "data"), "RUNS_DIR": str(runs)}
     items = rows.plan([ROW_BY_NAME["gesture"]], env)
-    assert items[0][0] == "NOTE" and "done already" in items[0][1]
+    assert items[0].action == "done" and "done already" in items[0].note and not items[0].runnable
     # a finished run of other settings (here 2 epochs, the row says 200) is reused, and said so
-    assert "other settings (-num_epochs 2 (row: 200))" in items[0][1]
-    # no checkpoint yet: started again from scratch (final.sh moves the folder aside first)
-    assert items[1][:4] == ["RESTART", "gesture", "ASA", "gesture_ASA"]
-    assert items[1][4] == str(tmp_path / "data" / "gesture")
-    # with a last.pth: continued with -resume
+    assert "other settings (-num_epochs 2 (row: 200))" in items[0].note
+    # unfinished, with or without a checkpoint yet: continued with -resume in its own folder
+    assert (items[1].action, items[1].row, items[1].attention, items[1].name) == \
+        ("resume", "gesture", "ASA", "gesture_ASA")
+    assert items[1].data_dir == str(tmp_path / "data" / "gesture") and items[1].runnable
     (runs / "gesture_ASA" / "last.pth").write_bytes(b"")
-    items = rows.plan([ROW_BY_NAME["gesture"]], env)
-    assert items[1][:4] == ["RUN", "gesture", "ASA", "gesture_ASA"] and items[1][6] == "resume"
+    assert rows.plan([ROW_BY_NAME["gesture"]], env)[1].action == "resume"
+    # a folder without config.json (killed before it was set up): moved aside and started again
+    (runs / "gesture_ASA" / "config.json").unlink()
+    assert rows.plan([ROW_BY_NAME["gesture"]], env)[1].action == "restart"
     # a folder holding a run with other settings is never touched
     (runs / "gesture_ASA" / "config.json").write_text(json.dumps({"num_epochs": 200, "T": 30}))
     items = rows.plan([ROW_BY_NAME["gesture"]], env)
-    assert items[1][0] == "NOTE" and "other settings" in items[1][1] and "-T 30" in items[1][1]
+    assert items[1].action == "other" and "other settings" in items[1].note and "-T 30" in items[1].note
+    # ... unless EXTRA_FLAGS gives those settings: then it is this run, continued
+    items = rows.plan([ROW_BY_NAME["gesture"]], env, extra=["-T", "30"])
+    assert items[1].action == "resume" and items[1].flags[-2:] == ("-T", "30")
+    # flags that only say where or how fast a run computes never make it another run
+    items = rows.plan([ROW_BY_NAME["gesture"]], env, extra=["-T", "30", "-num_work", "7", "-device", "cpu"])
+    assert items[1].action == "resume"
     # and absent data wins over everything
     items = rows.plan([ROW_BY_NAME["gait_day"]], env)
-    assert len(items) == 1 and items[0][0] == "NOTE" and "skip gait_day" in items[0][1]
+    assert len(items) == 1 and isinstance(items[0], str) and "skip gait_day" in items[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,15 +256,15 @@ def test_plan_runs_each_row_once_per_seed(tmp_path):
     env = {"DATA_ROOT": str(tmp_path / "data"), "RUNS_DIR": str(tmp_path / "runs"), "SEEDS": "0 7"}
     items = rows.plan([ROW_BY_NAME["gesture"]], env)
     # the row's own seed keeps today's folder names; another seed gets _s<seed>
-    assert [i[3] for i in items] == ["gesture_no", "gesture_ASA", "gesture_no_s7", "gesture_ASA_s7"]
+    assert [i.name for i in items] == ["gesture_no", "gesture_ASA", "gesture_no_s7", "gesture_ASA_s7"]
     for item, seed in zip(items, (0, 0, 7, 7)):
-        assert item[0] == "RUN"
-        args = config.parse_args(item[5].split() + ["-data_path", item[4]])
+        assert item.action == "new" and item.seed == seed
+        args = config.parse_args(list(item.flags) + ["-data_path", item.data_dir])
         assert args.seed == seed and args.T == 60              # only the seed differs from the row
     # without SEEDS: one run per attention, exactly as before seeds existed
     one = rows.plan([ROW_BY_NAME["gesture"]], {k: v for k, v in env.items() if k != "SEEDS"})
-    assert [(i[3], i[5]) for i in one] == [("gesture_no", ROW_BY_NAME["gesture"].flags),
-                                           ("gesture_ASA", ROW_BY_NAME["gesture"].flags)]
+    assert [(i.name, " ".join(i.flags)) for i in one] == [("gesture_no", ROW_BY_NAME["gesture"].flags),
+                                                          ("gesture_ASA", ROW_BY_NAME["gesture"].flags)]
     for bad, why in (("0 x", "non-negative integers"), ("1 1", "twice"), ("-1", "non-negative")):
         r = run_final(tmp_path, "gesture", SEEDS=bad)
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
@@ -302,3 +310,14 @@ def test_collector_mean_std_and_paired_deltas_over_seeds(tmp_path):
     assert (g["n_no"], g["n_asa"], g["n_pairs"]) == ("2", "1", "1")
     assert float(g["acc_no"]) == pytest.approx(85.0) and float(g["acc_no_std"]) == pytest.approx(50 ** 0.5)
     assert g["acc_asa_std"] == "" and float(g["d_acc_pp"]) == pytest.approx(5.0) and g["d_acc_pp_std"] == ""
+
+
+def test_plan_leaves_unreadable_run_folders_alone(tmp_path):
+    """A run folder whose files cannot be read is left alone with a note naming it, not a traceback
+    that stops the plan."""
+    runs = tmp_path / "runs"
+    fake_run(runs / "demo_synthetic_no", [10.0], [0.2], num_epochs=3)
+    (runs / "demo_synthetic_no" / "metrics.csv").write_text("epoch,test_acc\nnot a number,1\n")
+    items = rows.plan([ROW_BY_NAME["demo_synthetic"]], {"RUNS_DIR": str(runs)})
+    assert items[0].action == "other" and "demo_synthetic_no cannot be read" in items[0].note
+    assert items[1].action == "new"

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from utils.analysis import wrote  # noqa: E402
 from utils.analysis.runs import read_metrics, readable_runs, spread  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
@@ -83,7 +84,6 @@ def draw_records(records: list[dict], out_dir: str) -> list[str]:
 
 def main(argv=None) -> int:
     from utils.analysis import rows as table_rows
-    from utils.analysis.table import rows_with_runs
     p = argparse.ArgumentParser(prog="python3 -m utils.analysis.curves", description=__doc__.split("\n\n")[0])
     p.add_argument("runs_dir", help="folder holding the rows' run folders (<row>_no, <row>_ASA, <row>_<att>_s<seed>)")
     p.add_argument("--out", default="results", help="where curves_<row>.png go (default results/)")
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         if not os.path.isdir(a.runs_dir):
             raise ValueError(f"{a.runs_dir}: no such folder")
         rows = (table_rows.select_rows(a.rows) if a.rows
-                else rows_with_runs(a.runs_dir, table_rows.ROWS, a.seeds))
+                else table_rows.rows_with_runs(a.runs_dir, table_rows.ROWS, a.seeds))
         records, notes = [], []
         for r in rows:
             folders = {}
@@ -110,9 +110,7 @@ def main(argv=None) -> int:
     except (ValueError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return wrote(paths)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from models.module import spiking_layers
+from utils.analysis import wrote
 
 MAX_LAYERS = 8                 # deeper nets: evenly spaced layers, first and last included
 MAX_VALUES = 200_000           # histogram subsample per panel
@@ -214,9 +215,7 @@ def main(argv=None) -> int:
     except Exception as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return wrote(paths)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """final.sh's rows: the paper's table (the one place its rows are written down), run folder names
-per seed, and the plan of what final.sh runs.
+per seed, and what final.sh does with each run (new, continue, done, left alone).
 
-    python3 -m utils.analysis.table --list                     # the rows and their flags
-    python3 -m utils.analysis.table --plan [--demo] [ROW ...]  # what final.sh will do (used by it)
+    python3 -m utils.analysis.rows --list                      # the rows and their flags
+    python3 -m utils.analysis.rows --plan [--demo] [ROW ...]   # what final.sh would do now
+
+(``python3 -m utils.analysis.table --list / --plan`` are the same commands.)
+
+final.sh's plan file, made from :func:`plan`, is utils/analysis/launch.py's.
 
 Each row of the paper's table (docs/reference.md) runs twice per seed, as run folders
 ``<RUNS_DIR>/<row>_no`` (LIF-SNN) and ``<RUNS_DIR>/<row>_ASA`` for the row's own seed (the authors'
@@ -12,7 +16,7 @@ preset (datasets/__init__.py: the authors' run settings) plus the row's override
 
 Environment read by the plan: DATA_ROOT (each row's data is DATA_ROOT/<folder>), RUNS_DIR (default
 results/runs), NMNIST_PATH (the demo's optional N-MNIST row), SEEDS (space-separated seeds; default:
-the row's own).
+the row's own); EXTRA_FLAGS comes parsed (:func:`extra_argv`).
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from datasets import DATASETS
 from utils.analysis.runs import read_config, read_metrics
+from utils.errors import UserError
 
 ATTENTIONS = ("no", "ASA")
 
@@ -44,6 +48,7 @@ class Row:
 
     @property
     def settings(self) -> dict:
+        from datasets import DATASETS        # torch comes with it: not needed to launch a planned run
         return {**DATASETS[self.dataset].defaults, **COMMON, **dict(self.overrides)}
 
     @property
@@ -59,8 +64,12 @@ class Row:
 
     def flags_for(self, seed: int) -> str:
         """The row's flags with -seed ``seed``."""
+        return " ".join(self.argv_for(seed))
+
+    def argv_for(self, seed: int) -> list[str]:
+        """The row's flags with -seed ``seed``, one argument per word."""
         settings = {**self.settings, "seed": seed}
-        return " ".join(["-dataset", self.dataset] + [f"-{k} {v}" for k, v in settings.items()])
+        return ["-dataset", self.dataset] + [w for k, v in settings.items() for w in (f"-{k}", str(v))]
 
 
 ROWS = (
@@ -145,6 +154,19 @@ def seed_runs(runs_dir: str, row: Row, attention: str, seeds: list[int] | None =
 # run folder status and final.sh's plan
 # ------------------------------------------------------------------------------------------------
 
+# Flags final.sh sets per run, or that would turn every run into another one: never in EXTRA_FLAGS.
+RESERVED = {"attention": "final.sh sets it per run", "name": "final.sh names each run",
+            "modelPath": "use RUNS_DIR", "resume": "final.sh continues unfinished runs itself",
+            "seed": "use SEEDS", "dataset": "each row has its own", "data_path": "use DATA_ROOT",
+            "eval_only": "final.sh trains", "pretrained_path": "each run starts from scratch"}
+RUNNABLE = ("new", "resume", "restart")
+
+
+
+def rows_with_runs(runs_dir: str, rows, seeds: list[int] | None = None) -> list[Row]:
+    """The rows among ``rows`` with at least one run folder in ``runs_dir``."""
+    return [r for r in rows if any(seed_runs(runs_dir, r, a, seeds) for a in ATTENTIONS)]
+
 def run_status(folder: str) -> str:
     """'absent', 'done' (every epoch logged and best.pth written) or 'partial'."""
     if not os.path.isdir(folder):
@@ -157,24 +179,83 @@ def run_status(folder: str) -> str:
     return "partial"
 
 
-def row_flag_values(flags: str) -> dict:
-    """{dest: value} of the flags typed in ``flags`` (parsed by train_test.py's own parser)."""
+def lock_holder(folder: str) -> str | None:
+    """Who holds the run folder's lock (train_test.py's, utils/run/runlog.py): its pid as written
+    there ('?' when unreadable), or None when no live process holds it."""
+    fd = hold_lock(folder, create=False)
+    if isinstance(fd, int):
+        os.close(fd)
+        return None
+    return fd
+
+
+def hold_lock(folder: str, create: bool = True):
+    """Take the run folder's lock: the open descriptor (close it to release), None when there is
+    no lock file (``create`` False), or the holder's pid text when another process holds it."""
+    import fcntl
+    from utils.run.runlog import LOCK_NAME
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(os.path.join(folder, LOCK_NAME), flags, 0o644)
+    except OSError:                     # no lock file (or a planted link): nobody holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        return holder if holder.isdigit() else "?"
+    return fd
+
+
+def extra_argv(text: str, devices: bool = False) -> list[str]:
+    """EXTRA_FLAGS as train_test.py arguments (quotes as in the shell: -data_path '/my data'),
+    checked against train_test.py's parser; the flags final.sh sets itself are refused."""
+    import argparse
+    import config
+    try:
+        argv = shlex.split(text or "")
+    except ValueError as e:
+        raise ValueError(f"EXTRA_FLAGS={text!r}: {e} (quote as in the shell)") from None
+    parser = config.build_parser()
+    parser.exit_on_error = False
+    try:
+        _, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise ValueError(f"EXTRA_FLAGS={text!r}: {e}") from None
+    if rest:
+        raise ValueError(f"EXTRA_FLAGS={text!r}: not train_test.py flags: {' '.join(rest)}")
+    typed = config.explicit_flags(parser, argv)
+    bad = [f"-{k} ({RESERVED[k]})" for k in sorted(typed & set(RESERVED))]
+    if devices and "device" in typed:
+        bad.append("-device (DEVICES gives each run its device)")
+    if bad:
+        raise ValueError(f"EXTRA_FLAGS={text!r}: final.sh cannot take {', '.join(bad)}")
+    return argv
+
+
+def row_flag_values(argv) -> dict:
+    """{dest: value} of the flags typed in ``argv`` (a list, or a string of flags), parsed by
+    train_test.py's own parser."""
     import config
     parser = config.build_parser()
-    argv = shlex.split(flags)
+    argv = shlex.split(argv) if isinstance(argv, str) else list(argv)
     ns = parser.parse_args(argv)
     return {k: getattr(ns, k) for k in config.explicit_flags(parser, argv)}
 
 
-def settings_mismatch(folder: str, flags: str) -> list[str]:
-    """Flags of the row whose value differs from the run folder's config.json."""
+def settings_mismatch(folder: str, argv) -> list[str]:
+    """Flags of ``argv`` (the row's, then EXTRA_FLAGS) whose value differs from the run folder's
+    config.json; flags that only say where or how fast a run computes (those -resume may change)
+    are not compared."""
+    import config
     cfg = read_config(folder)
     if not cfg:
         return []
     out = []
-    for k, v in row_flag_values(flags).items():
+    for k, v in row_flag_values(argv).items():
         have = cfg.get(k)
-        if have is None:
+        if have is None or config.flag_kind(k) != "computes":
             continue
         same = (math.isclose(float(have), float(v)) if isinstance(v, (int, float)) and
                 not isinstance(v, bool) and isinstance(have, (int, float)) else str(have) == str(v))
@@ -196,13 +277,62 @@ def _has_data(path: str) -> bool:
     return bool(path) and os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))
 
 
-def plan(rows: list[Row], env) -> list[list[str]]:
-    """final.sh's work list. Each item is one of
-    ['NOTE', text], ['RUN', row, attention, run_name, data_dir or '', flags] (a new run), or the same
-    with a 7th item 'resume' to continue an unfinished run from its last.pth (train_test.py -resume);
-    ['RESTART', row, attention, run_name, data_dir, flags] for an unfinished run that has no
-    checkpoint yet (final.sh moves the old folder aside first). Per row, per seed of SEEDS (default:
-    the row's own), the LIF-SNN and the ASA run; the flags carry the seed."""
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the table: its row, attention and seed, its folder name, its data folder ('' for
+    built-in data), train_test.py's flags (the row's, then EXTRA_FLAGS), and what to do with it:
+    new, resume (an unfinished folder, continued with -resume), restart (a folder without
+    config.json: moved aside, then started again), done, other (an unfinished folder holding
+    other settings: left alone) or in_use (its lock is held by another process: left alone)."""
+    name: str
+    row: str
+    attention: str
+    seed: int
+    data_dir: str
+    flags: tuple
+    action: str
+    note: str = ""
+
+    @property
+    def runnable(self) -> bool:
+        return self.action in RUNNABLE
+
+
+def shown(path: str) -> str:
+    """A path as a console line shows it: as it is, or quoted with escapes when it holds a
+    newline or another control character (one line stays one line)."""
+    return path if path.isprintable() else repr(path)
+
+
+def decide(folder: str, flags=None) -> tuple[str, str]:
+    """(action, note) for a run folder now (PlannedRun); with ``flags`` a folder's settings are
+    compared with them (without, the run's own train_test.py -resume checks them)."""
+    holder = lock_holder(folder) if os.path.isdir(folder) else None
+    if holder is not None:
+        return "in_use", (f"{shown(folder)} is in use by another process (pid {holder}); left alone")
+    try:
+        status = run_status(folder)
+        if status == "absent":
+            return "new", ""
+        bad = settings_mismatch(folder, flags) if flags is not None else []
+    except (UserError, ValueError, TypeError) as e:       # a broken metrics.csv or config.json
+        return "other", f"{shown(folder)} cannot be read ({e}); left alone: repair or move it away"
+    if status == "done":
+        other = (f", but with other settings ({'; '.join(bad)}): the table reports it as it is; "
+                 f"move it away to run this row's settings" if bad else "")
+        return "done", f"done already: {shown(folder)}{other} (delete it to run again)"
+    if bad:
+        return "other", (f"{shown(folder)} holds a run with other settings ({'; '.join(bad)}); move it away "
+                         f"to run this row")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return "restart", f"{shown(folder)} has no config.json (stopped before it was set up)"
+    return "resume", ""
+
+
+def plan(rows: list[Row], env, extra: list[str] | None = None) -> list:
+    """final.sh's work: per row, per seed of SEEDS (default: the row's own), the LIF-SNN and the ASA
+    run as PlannedRun, with flags that carry the seed and then ``extra`` (EXTRA_FLAGS); a row
+    whose data is missing gives one note (a str) instead."""
     runs_dir = env.get("RUNS_DIR", "results/runs")
     seeds = parse_seeds(env.get("SEEDS"))
     out = []
@@ -210,29 +340,42 @@ def plan(rows: list[Row], env) -> list[list[str]]:
         path = data_dir(row, env)
         if path is not None and not _has_data(path):
             where = f"${row.folder[1:]}" if row.folder.startswith("$") else path
-            out.append(["NOTE", f"skip {row.name}: no data in {where or '(unset)'} -- {row.prepare}"
-                        .replace("$DATA_ROOT", env.get("DATA_ROOT", "data"))])
+            out.append(f"skip {row.name}: no data in {where or '(unset)'} -- {row.prepare}"
+                       .replace("$DATA_ROOT", env.get("DATA_ROOT", "data")))
             continue
         for seed, att in ((s, a) for s in (seeds or [row.seed]) for a in ATTENTIONS):
-            name, flags = run_name(row, att, seed), row.flags_for(seed)
-            folder = os.path.join(runs_dir, name)
-            status = run_status(folder)
-            if status == "done":
-                bad = settings_mismatch(folder, flags)
-                other = (f", but with other settings ({'; '.join(bad)}): the table reports it as it is; "
-                         f"move it away to run this row's settings" if bad else "")
-                out.append(["NOTE", f"done already: {folder}{other} (delete it to run again)"])
-                continue
-            if status == "partial":
-                bad = settings_mismatch(folder, flags)
-                if bad:
-                    out.append(["NOTE", f"skip {name}: {folder} holds a run with other settings "
-                                        f"({'; '.join(bad)}); move it away to run this row"])
-                    continue
-                if not os.path.isfile(os.path.join(folder, "last.pth")):
-                    out.append(["RESTART", row.name, att, name, path or "", flags])
-                else:
-                    out.append(["RUN", row.name, att, name, path or "", flags, "resume"])
-                continue
-            out.append(["RUN", row.name, att, name, path or "", flags])
+            name, flags = run_name(row, att, seed), tuple(row.argv_for(seed) + list(extra or []))
+            action, note = decide(os.path.join(runs_dir, name), flags)
+            out.append(PlannedRun(name, row.name, att, seed, path or "", flags, action, note))
     return out
+
+
+def main(argv=None) -> int:
+    """The planner's command line: the rows (--list), or what final.sh would do now (--plan)."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="python3 -m utils.analysis.rows",
+                                description="final.sh's rows and their flags, or what it would do now.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--list", action="store_true", help="print the rows and their flags")
+    g.add_argument("--plan", nargs="*", metavar="ROW", help="print what final.sh would do now with these "
+                   "rows (default: the paper rows, or the demo rows with --demo): per run new, resume, done...")
+    p.add_argument("--demo", action="store_true", help="with --plan: the demo rows")
+    a = p.parse_args(argv)
+    if a.list:
+        for r in ROWS:
+            print(f"{r.name:<15} {'demo ' if r.demo else ''}data: {r.folder or '(built in)'}\n    {r.flags}")
+        return 0
+    from utils.analysis.launch import make_plan
+    try:
+        pl = make_plan(os.environ, a.demo, a.plan)
+    except (ValueError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in pl.runs:
+        print(f"{r.action:<8} {os.path.join(pl.settings.runs_dir, r.name)}: {shlex.join(r.flags)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

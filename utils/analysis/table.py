@@ -2,8 +2,8 @@
 
     python3 -m utils.analysis.table results/runs --out results/        # collect run folders -> table.md/.csv
     python3 -m utils.analysis.table results/runs --out results/ --rows gesture gait_day
-    python3 -m utils.analysis.table --list                             # the rows and their flags
-    python3 -m utils.analysis.table --plan [--demo] [ROW ...]          # what final.sh will do (used by it)
+    python3 -m utils.analysis.table --list                             # = python3 -m utils.analysis.rows --list
+    python3 -m utils.analysis.table --plan [--demo] [ROW ...]          # = python3 -m utils.analysis.rows --plan
 
 The rows and their run folders per seed are defined in utils/analysis/rows.py. The collector reads
 each run folder's metrics.csv: the best epoch is the one with the highest test accuracy (ties: the later
@@ -15,7 +15,8 @@ the count n; a delta is computed per seed, from the ASA and LIF-SNN runs of that
 then averaged. The paper's numbers come from results/paper.csv. Beside the table the collector draws
 per row the test accuracy and NASFR against the epoch (utils/analysis/curves.py, curves_<row>.png).
 
-``--plan`` reads DATA_ROOT, RUNS_DIR, NMNIST_PATH and SEEDS (utils/analysis/rows.py).
+``--plan`` reads final.sh's variables (DATA_ROOT, RUNS_DIR, NMNIST_PATH, SEEDS, EXTRA_FLAGS;
+utils/analysis/launch.py, where final.sh's own plan file is made).
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ import os
 import shlex
 import sys
 
-from utils.analysis.rows import (ATTENTIONS, ROW_BY_NAME, ROWS, Row, parse_seeds, plan, run_name,
-                                 seed_runs, select_rows)
+from utils.analysis.rows import (ATTENTIONS, ROW_BY_NAME, ROWS, Row, parse_seeds, rows_with_runs, seed_runs,
+                                 select_rows)
 from utils.analysis.runs import best_row, layer_rates, read_config, read_metrics, spread
 from utils.errors import UserError
 from utils.files import atomic_write
@@ -134,11 +135,6 @@ def collect(runs_dir: str, rows: list[Row] | None = None, paper: dict | None = N
                           for a in ATTENTIONS}
         records.append(rec)
     return records
-
-
-def rows_with_runs(runs_dir: str, rows, seeds: list[int] | None = None) -> list[Row]:
-    """The rows among ``rows`` with at least one run folder in ``runs_dir``."""
-    return [r for r in rows if any(seed_runs(runs_dir, r, a, seeds) for a in ATTENTIONS)]
 
 
 def _flag(flags: str, name: str) -> str:
@@ -247,34 +243,20 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", metavar="SEED", help="only these seeds (default: every seed with "
                    "a run folder); final.sh passes its SEEDS")
     p.add_argument("--no-curves", action="store_true", help="skip the curves_<row>.png figures")
-    p.add_argument("--pairs", action="store_true", help="print '<row>|<LIF-SNN run>|<ASA run>' of the first "
-                   "seed of SEEDS (default: the row's own) for the rows of --plan (final.sh's figures)")
     p.add_argument("--all-paper-rows", action="store_true",
                    help="list every paper row, also those not run (final.sh does)")
     p.add_argument("--no-energy", action="store_true", help="skip the energy columns (no checkpoint loading)")
     p.add_argument("--list", action="store_true", help="print the rows and their flags")
-    p.add_argument("--plan", nargs="*", metavar="ROW", help="print final.sh's work list (one '|'-separated "
-                   "line per item) for these rows (default: the paper rows, or the demo rows with --demo)")
-    p.add_argument("--demo", action="store_true", help="with --plan or --pairs: the demo rows; when "
+    p.add_argument("--plan", nargs="*", metavar="ROW", help="print what final.sh would do now with these rows "
+                   "(default: the paper rows, or the demo rows with --demo): per run new, resume, done...")
+    p.add_argument("--demo", action="store_true", help="with --plan: the demo rows; when "
                    "collecting: the demo rows that have runs")
     a = p.parse_args(argv)
     try:
         seeds = parse_seeds(" ".join(a.seeds)) if a.seeds else None
-        if a.pairs:
-            first = (parse_seeds(os.environ.get("SEEDS")) or [None])[0]
-            runs_dir = os.environ.get("RUNS_DIR", "results/runs")
-            for r in select_rows(a.plan, a.demo):
-                seed = r.seed if first is None else first
-                print("|".join([r.name] + [os.path.join(runs_dir, run_name(r, att, seed)) for att in ATTENTIONS]))
-            return 0
-        if a.list:
-            for r in ROWS:
-                print(f"{r.name:<15} {'demo ' if r.demo else ''}data: {r.folder or '(built in)'}\n    {r.flags}")
-            return 0
-        if a.plan is not None:
-            for item in plan(select_rows(a.plan, a.demo), os.environ):
-                print("|".join(item))
-            return 0
+        if a.list or a.plan is not None:          # the planner's command (utils/analysis/rows.py)
+            from utils.analysis import rows
+            return rows.main(["--list"] if a.list else ["--plan", *a.plan] + (["--demo"] if a.demo else []))
         if not a.runs_dir:
             p.error("give RUNS_DIR (or --list / --plan)")
         if not os.path.isdir(a.runs_dir):
