@@ -4,7 +4,7 @@
 #   DATA_ROOT=/data sh final.sh                 every row of the paper's table, LIF-SNN and + ASA
 #   DATA_ROOT=/data sh final.sh gesture gait_day    only these rows
 #   SEEDS="0 1 2" DATA_ROOT=/data sh final.sh   every row once per seed; the table: mean +- std, n
-#   sh final.sh demo                            the same pipeline on built-in synthetic data, 3 seeds (~10 min, CPU)
+#   sh final.sh demo                            the same pipeline on built-in synthetic data, 3 seeds (CPU, minutes)
 #   NMNIST_PATH=/data/N-MNIST sh final.sh demo  ... plus a short N-MNIST row
 #   JOBS=2 sh final.sh demo                     two runs at a time (each with half the CPU threads)
 #   DEVICES="cuda:0 cuda:1 cuda:2 cuda:3" DATA_ROOT=/data sh final.sh    one run per GPU, 4 at a time
@@ -12,9 +12,9 @@
 #                                               a SLURM job array (one task per run) and a collector job
 #   sh final.sh -h                              this help
 #
-# Each row runs twice (-attention no, -attention ASA) with the authors' settings; the rows and their
-# flags live in ONE place, the dataset presets (datasets/__init__.py), from which utils/analysis/rows.py
-# builds the rows; `python3 -m utils.analysis.table --list` prints them.
+# Each row runs twice (-attention no, -attention ASA) with the authors' settings: a row's flags are
+# its dataset's preset (datasets/__init__.py) plus the overrides the row lists (utils/analysis/rows.py,
+# where the rows are written down); `python3 -m utils.analysis.rows --list` prints them.
 # Run folders: $RUNS_DIR/<row>_no and $RUNS_DIR/<row>_ASA (train_test.py's -name) for the row's own
 # seed (the authors' 0), <row>_no_s<seed> and <row>_ASA_s<seed> for other seeds; console logs
 # beside them (<run>.log, .err; appended to, never overwritten). A run whose metrics.csv has every
