@@ -140,7 +140,7 @@ def test_a_folder_without_config_is_moved_aside_only_when_free(tmp_path):
     from utils.analysis.rows import decide
     folder = tmp_path / RUNS[0]
     folder.mkdir()
-    (folder / "metrics.csv").write_text("epoch,test_acc\n")
+    (folder / "metrics.csv").write_text("epoch,test_acc,test_nasfr\n")
     assert decide(str(folder))[0] == "restart"
     lock = hold(folder / ".lock")
     try:
@@ -150,5 +150,5 @@ def test_a_folder_without_config_is_moved_aside_only_when_free(tmp_path):
     assert (folder / "metrics.csv").exists()
     moved = Path(launch.move_aside(str(folder)))
     assert not folder.exists() and moved.name.startswith(f"{RUNS[0]}.unfinished-")
-    assert (moved / "metrics.csv").read_text() == "epoch,test_acc\n"
+    assert (moved / "metrics.csv").read_text() == "epoch,test_acc,test_nasfr\n"
     assert decide(str(folder))[0] == "new"

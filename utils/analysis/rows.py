@@ -373,7 +373,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in pl.runs:
-        print(f"{r.action:<8} {os.path.join(pl.settings.runs_dir, r.name)}: {shlex.join(r.flags)}")
+        print(f"{r.action:<8} {os.path.join(pl.settings.runs_dir, r.name)}: {r.note or shlex.join(r.flags)}")
     return 0
 
 
