@@ -6,7 +6,7 @@ import pytest
 
 from conftest import DATA
 from datasets import create_dataset
-from datasets.frame_dataset import EventFrameDataset
+from datasets.frame_dataset import EventFrameDataset, FrameSettings
 from datasets.framing import (AT_LAST_EVENT, FROM_FIRST, FROM_FIRST_END_INCLUDED, FROM_ZERO,
                               FROM_ZERO_UNLESS_SHORT, WindowPolicy, clip_starts, count_frames, frame_bins,
                               make_events, postprocess, test_clip_frames, train_window_start, window_frames)
@@ -112,9 +112,9 @@ def test_not_hdf5_is_one_clear_error(tmp_path):
 # --- the reference's arithmetic, worked out by hand on tiny recordings ----------------------------
 
 def one_item(ev, train, **kw):
-    """The single item of an EventFrameDataset over one hand-made recording."""
-    kw = dict(T=2, dt_us=10, ds=1, sensor_size=(4, 4), clip=2, augment=False) | kw
-    return EventFrameDataset([0], lambda _: (ev, 7), train=train, **kw)[0][0].numpy()
+    """The single item of an EventFrameDataset over one hand-made recording (``kw``: frame settings)."""
+    frames = FrameSettings(**(dict(T=2, dt_us=10, ds=1, sensor_size=(4, 4)) | kw))
+    return EventFrameDataset([0], lambda _: (ev, 7), frames, train=train, clip=2, augment=False)[0][0].numpy()
 
 
 def test_interval_scaling_divides_each_test_clip_by_its_own_maximum():
