@@ -103,6 +103,7 @@ read -r runs jobs <"$state/counts" || exit 2
 
 # SIGINT / SIGTERM: no new run starts; each running run gets SIGTERM (it saves and exits 75).
 stop() {
+    [ -e "$state/stop" ] && return
     : >"$state/stop"
     echo "final.sh: stopping; each running run saves a resumable last.pth (the same command continues)"
     for f in "$state"/pid.*; do
@@ -111,15 +112,19 @@ stop() {
 }
 trap stop INT TERM HUP
 
-# One job slot: takes the next run no slot has claimed (mkdir is atomic) until none is left.
+# One job slot: takes the next run no slot has claimed (mkdir is atomic) until none is left. A
+# signal to the slot itself (Ctrl-C reaches the whole process group) only ends its waiting early:
+# the slot waits on for its run, which stops by itself, so the summary below counts it.
 slot() {
+    trap : INT TERM HUP
     k=0
     while [ "$k" -lt "$runs" ] && [ ! -e "$state/stop" ]; do
         if mkdir "$state/claim.$k" 2>/dev/null; then
             "$PYTHON" -m utils.analysis.launch run "$plan" "$k" --slot "$1" --record "$state/record" </dev/null &
-            echo $! >"$state/pid.$1"
-            [ -e "$state/stop" ] && kill -TERM $! 2>/dev/null
-            wait $!
+            child=$!
+            echo "$child" >"$state/pid.$1"
+            [ -e "$state/stop" ] && kill -TERM "$child" 2>/dev/null
+            while kill -0 "$child" 2>/dev/null; do wait "$child"; done
             rm -f "$state/pid.$1"
         fi
         k=$((k + 1))

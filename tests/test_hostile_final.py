@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from final_runs import ROOT, RUNS, TINY, final, final_env, metrics
 
 
@@ -86,18 +88,25 @@ def wait_for(cond, timeout=90):
         time.sleep(0.1)
 
 
-def test_stopped_final_sh_continues_every_run(tmp_path):
-    """SIGTERM to final.sh mid-run: each run is stopped, final.sh exits 75 without '0 problem(s)';
-    the same command (EXTRA_FLAGS overriding the row's -num_epochs) continues both to the end."""
+@pytest.mark.parametrize("how", ["to final.sh", "to the process group"])
+def test_stopped_final_sh_continues_every_run(tmp_path, how):
+    """SIGTERM to final.sh mid-run (kill PID), or to its whole process group (as SLURM signals every
+    process of a job: the job slots and the runs get it too): each run is stopped and counted as
+    interrupted, final.sh exits 75 without '0 problem(s)'; the same command (EXTRA_FLAGS overriding
+    the row's -num_epochs) continues both to the end."""
     env = final_env(tmp_path, JOBS="2", EXTRA_FLAGS=TINY.replace("-num_epochs 2", "-num_epochs 3"))
     p = subprocess.Popen(["sh", str(ROOT / "final.sh"), "demo", "demo_synthetic"], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     logs = [tmp_path / "runs" / f"{n}.log" for n in RUNS]
     wait_for(lambda: all(l.exists() and "epoch 1/3" in l.read_text() for l in logs))
-    p.send_signal(signal.SIGTERM)
+    if how == "to final.sh":
+        p.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=90)
     last = out.splitlines()[-1]
     assert p.returncode == 75 and last.startswith("final.sh: stopped: 2 run(s) started (0 finished"), out + err
+    assert "2 interrupted" in last and "error:" not in err, out + err
     assert "problem" not in last and "the same command continues" in last
     before = [l.read_text() for l in logs]
     r = final(env, "demo", "demo_synthetic")
