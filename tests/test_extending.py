@@ -95,9 +95,10 @@ def toy_metrics():
         SAMPLE_METRICS.pop(name)
 
 
-def test_a_registered_metric_reaches_metrics_csv_and_tensorboard(toy_metrics, tmp_path):
+def test_a_registered_metric_reaches_metrics_csv_tensorboard_and_the_table(toy_metrics, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run = tmp_path / "metric"
+    from utils.analysis import table
+    run = tmp_path / "demo_synthetic_ASA"                # a run folder of the demo row, for the table
     assert train_test.main(SMALL + ["-clip", "3", "-modelPath", str(tmp_path), "-name", run.name]) == 0
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -111,3 +112,11 @@ def test_a_registered_metric_reaches_metrics_csv_and_tensorboard(toy_metrics, tm
     for tag, column in (("train/one", "train_one"), ("test/votes", "test_votes")):
         assert [(e.step, e.value) for e in ea.Scalars(tag)] == \
             [(int(r["epoch"]), pytest.approx(float(r[column]))) for r in rows]
+    # the results table: every metric column at the best epoch (the last of equal accuracies)
+    assert table.main([str(tmp_path), "--out", str(tmp_path / "out"), "--demo", "--no-energy",
+                       "--no-curves"]) == 0
+    with open(tmp_path / "out" / "table.csv") as f:
+        rec = next(csv.DictReader(f))
+    best = max(reversed(rows), key=lambda r: float(r["test_acc"]))
+    assert float(rec["test_one_asa"]) == 1.0 and float(rec["train_votes_asa"]) == float(best["train_acc"])
+    assert rec["test_one_no"] == ""                      # no LIF-SNN run

@@ -60,7 +60,8 @@ def summarise_run(folder: str, with_energy: bool = True) -> dict | None:
     out = {"acc": float(best["test_acc"]), "nasfr": float(best["test_nasfr"]),
            "best_epoch": int(best["epoch"]) + 1, "epochs_done": len({int(r["epoch"]) for r in rows}),
            "epochs": int(cfg.get("num_epochs") or 0), "arch": cfg.get("arch", ""),
-           "energy_uJ": None, "energy_asa_uJ": None, "sops": None, "energy_error": ""}
+           "energy_uJ": None, "energy_asa_uJ": None, "sops": None, "energy_error": "",
+           "metrics": {k: float(v) for k, v in best.items() if v != "" and k not in SHOWN}}
     ckpt = os.path.join(folder, "best.pth")
     if with_energy and os.path.isfile(ckpt):
         from utils.analysis.energy import checkpoint_energy
@@ -70,6 +71,19 @@ def summarise_run(folder: str, with_energy: bool = True) -> dict | None:
         except Exception as e:                 # a broken checkpoint must not lose the table
             out["energy_error"] = f"{type(e).__name__}: {e}"
     return out
+
+
+# metrics.csv columns the table shows by name; every other one (each per-sample metric of
+# utils/run/metrics.py, lr, the epoch's time) goes into table.csv as <column>_no / <column>_asa,
+# its value at the best epoch (mean over seeds)
+SHOWN = ("epoch", "test_acc", "test_nasfr")
+
+
+def metric_fields(records: list[dict]) -> list[str]:
+    """table.csv's columns of the metrics.csv columns the table does not show by name
+    (firing rates excluded: they differ per layer and architecture)."""
+    cols = {c for r in records for c in r.get("metric_columns", ())}
+    return [f"{c}_{tag}" for c in sorted(cols) for tag in ("no", "asa")]
 
 
 def _delta_pct(new, old):
@@ -115,6 +129,9 @@ def collect(runs_dir: str, rows: list[Row] | None = None, paper: dict | None = N
             rec[f"best_epoch_{tag}"] = (runs[0]["best_epoch"] if len(runs) == 1 else
                                         " ".join(str(r["best_epoch"]) for r in runs) or None)
             rec[f"epochs_{tag}"] = _epochs_text(runs)
+            for col in sorted({c for r in runs for c in r["metrics"] if not c.startswith("fr_")}):
+                rec[f"{col}_{tag}"] = spread([r["metrics"].get(col) for r in runs])[0]
+                rec.setdefault("metric_columns", set()).add(col)
             rec[f"energy_{tag}_uJ"] = spread([r["energy_uJ"] for r in runs])[0]
             sops = spread([r["sops"] for r in runs])[0]
             rec[f"sops_{tag}_M"] = None if sops is None else sops / 1e6
@@ -222,11 +239,12 @@ def write_table(records: list[dict], out_dir: str, runs_dir: str) -> tuple[str, 
     md, cs = os.path.join(out_dir, "table.md"), os.path.join(out_dir, "table.csv")
     atomic_write(md, to_markdown(records, runs_dir))
     text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+    fields = CSV_FIELDS + metric_fields(records)
+    w = csv.DictWriter(text, fieldnames=fields)
     w.writeheader()
     for r in records:
         w.writerow({k: ("" if r.get(k) is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
-                    for k in CSV_FIELDS})
+                    for k in fields})
     atomic_write(cs, text.getvalue())
     return md, cs
 
