@@ -73,10 +73,10 @@ def summarise_run(folder: str, with_energy: bool = True) -> dict | None:
     return out
 
 
-# metrics.csv columns the table shows by name; every other one (each per-sample metric of
-# utils/run/metrics.py, lr, the epoch's time) goes into table.csv as <column>_no / <column>_asa,
-# its value at the best epoch (mean over seeds)
-SHOWN = ("epoch", "test_acc", "test_nasfr")
+# metrics.csv columns the table shows by name, and the epoch's time (a measurement of the machine,
+# not of the network); every other one (each per-sample metric of utils/run/metrics.py, lr) goes
+# into table.csv as <column>_no / <column>_asa, its value at the best epoch (mean over seeds)
+SHOWN = ("epoch", "test_acc", "test_nasfr", "epoch_seconds")
 
 
 def metric_fields(records: list[dict]) -> list[str]:
