@@ -8,11 +8,11 @@ Shared layers (ASA, the neurons) live in models/module/, the fused backend in mo
 import importlib
 import pkgutil
 
-from .registry import ARCHITECTURES, architecture, create_net, register
+from .registry import ARCHITECTURES, architecture, create_meta_net, create_net, register
 from .weights import load_pretrained, match_state
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.ispkg and _info.name not in ("registry", "weights"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["ARCHITECTURES", "architecture", "create_net", "register", "load_pretrained", "match_state"]
+__all__ = ["ARCHITECTURES", "architecture", "create_meta_net", "create_net", "register", "load_pretrained", "match_state"]

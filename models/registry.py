@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping
 
+import torch
 from torch import nn
 
 Builder = Callable[[Any], nn.Module]
@@ -60,3 +61,11 @@ def architecture(name: str) -> Architecture:
 def create_net(args: Any) -> nn.Module:
     """Build ``args.arch`` (one of :data:`ARCHITECTURES`) from the run configuration ``args``."""
     return architecture(args.arch).build(args)
+
+
+def create_meta_net(args: Any) -> nn.Module:
+    """``args.arch`` built on the meta device: its shapes, parameters and forward pass without any
+    memory, whatever T or channel count ``args`` claims (the memory estimate, the checks of a
+    checkpoint's stored settings)."""
+    with torch.device("meta"):
+        return create_net(args)

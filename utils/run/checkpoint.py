@@ -323,12 +323,11 @@ def check_weights_fit(ckpt: dict, args, path: str, flag: str = "-resume") -> Non
     """UserError naming the file when the network its stored settings describe (built on the meta
     device: shapes only, no memory, whatever T or channel count they claim) does not match the
     shapes of its weights: settings edited or forged apart from the tensors they describe."""
-    from models import create_net, match_state
+    from models import create_meta_net, match_state
     if not isinstance(ckpt, Mapping):
         return                      # not a state dict: loading it names the file
     try:
-        with torch.device("meta"):
-            net = create_net(args)
+        net = create_meta_net(args)
     except Exception:               # settings the network cannot take: validation names the flag
         return
     _, problems = match_state(net.state_dict(), ckpt)

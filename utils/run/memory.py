@@ -19,7 +19,7 @@ import copy
 import torch
 from torch import nn
 
-from models import create_net
+from models import create_meta_net
 from utils.errors import UserError
 from utils.files import available_memory
 
@@ -31,22 +31,19 @@ def conv_output_values(args) -> list[int]:
     T builds in no time."""
     shape_args = copy.copy(args)
     shape_args.T, shape_args.attention, shape_args.backend = 1, "no", "eager"
-    with torch.device("meta"):
-        net = create_net(shape_args).eval()
+    net = create_meta_net(shape_args).eval()
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel()))
-             for m in net.modules() if isinstance(m, nn.Conv2d)]
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel()))
     with torch.no_grad():
         net(torch.empty(1, 1, 2, *args.frame_size, device="meta"))
-    for h in hooks:
-        h.remove()
     return sizes
 
 
 def parameter_values(args) -> int:
     """Number of parameter values of the network ``args`` describes (built on the meta device)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in create_net(args).parameters())
+    return sum(p.numel() for p in create_meta_net(args).parameters())
 
 
 def estimate_bytes(args, batch_train: int) -> int:
