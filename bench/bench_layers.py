@@ -16,7 +16,7 @@ to the entry of its ASA (conv -> BatchNorm, and arch A's average pool), in two w
 The inputs are the layer's real inputs: one float32 forward of a batch of DVS-like frames through
 the network records what each convolution receives. The two ways run in turns, ``--reps`` times
 each, one thread, under the CLI's allocator; the median CPU time is printed. The policy column says what ``-amp`` does with
-the layer: the first layer stays float32 for its input's sake (README, "Mixed precision").
+the layer: the first layer stays float32 for its input's sake (docs/mixed_precision.md).
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def cli_step(arch: str, backend: str, batch: int = 8, device: str = "cpu", amp: 
     """(step function, network) for one training step as the CLI takes it."""
     import torch
     from models import create_net
-    from utils.run.engine import make_optimizer, train_step
+    from utils.run.engine import Training, make_optimizer, train_step
     from utils.run.metrics import SpikeMonitor
     args = cli_args(arch, backend)
     torch.manual_seed(0)
@@ -59,11 +59,12 @@ def cli_step(arch: str, backend: str, batch: int = 8, device: str = "cpu", amp: 
     SpikeMonitor(net)                       # its forward hooks, as train_test.py registers them
     opt = make_optimizer(net, args.lr, args.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp and device == "cuda" else None
+    training = Training(opt, NUM_CLASSES, torch.device(device), amp, scaler)
     x, y = make_batch(args.T, args.frame_size, batch)
     x, y = x.to(device), y.to(device)
 
     def step():
-        return train_step(net, x, y, opt, NUM_CLASSES, amp=amp, scaler=scaler)[0]
+        return train_step(net, x, y, training)[0]
     return step, net
 
 

@@ -1,7 +1,7 @@
 """The same code on CUDA: golden outputs, CPU/CUDA agreement of a training step, AMP, the CLI.
 
 Every test here is skipped without a CUDA device (CI has none); they are run on a GPU machine
-when one is at hand (README, "GPU"). TF32 is switched off where values are compared with the CPU.
+when one is at hand (docs/testing.md). TF32 is switched off where values are compared with the CPU.
 """
 import copy
 import csv
@@ -173,7 +173,7 @@ def test_amp_training_on_cuda(arch, T, size):
     """Autocast + GradScaler through utils/run/engine.py: float16 activations reach the fused neurons,
     the spike counts of every layer stay near float32's, the loss stays finite and the parameters move."""
     from torch.utils.data import DataLoader, TensorDataset
-    from utils.run.engine import train_one_epoch
+    from utils.run.engine import Training, train_one_epoch
     from utils.run.precision import autocast
     from test_nets import spike_counts
     torch.manual_seed(0)
@@ -192,8 +192,8 @@ def test_amp_training_on_cuda(arch, T, size):
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda")
-    res = train_one_epoch(net, DataLoader(TensorDataset(x, y), batch_size=2), opt, torch.device("cuda"), 11,
-                          amp=True, scaler=scaler, progress=False)
+    res = train_one_epoch(net, DataLoader(TensorDataset(x, y), batch_size=2),
+                          Training(opt, 11, torch.device("cuda"), amp=True, scaler=scaler), progress=False)
     loss_sum, _, seen = res["sums"].tolist()
     assert seen == 8 and loss_sum == loss_sum and 0 < loss_sum / 8 < 10
     moved = [n for n, p in net.named_parameters() if not torch.equal(p.detach(), before[n])]

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT
 from utils.run.distributed import Dist, split_sizes
-from utils.run.engine import train_one_epoch
+from utils.run.engine import Training, train_one_epoch
 from utils.run.loaders import EpochShuffle, ShardedBatchSampler, ShardedTestBatches
 
 SMALL = ["-dataset", "synthetic", "-synthetic_train", "32", "-synthetic_test", "16", "-T", "4",
@@ -100,8 +100,7 @@ def _train_ddp(net, rank, world, d):
     loader = DataLoader(TensorDataset(x, y), batch_sampler=sampler)
     ddp = DDP(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
-    sums = train_one_epoch(ddp, loader, opt, torch.device("cpu"), 3, progress=False, plan=sampler.plan(),
-                           world_size=world, all_finite=d.all_true)["sums"]
+    sums = train_one_epoch(ddp, loader, Training(opt, 3, dist=d), progress=False)["sums"]
     return d.all_reduce_sum(sums)
 
 
@@ -114,8 +113,8 @@ def test_ddp_step_equals_the_global_batch_step(tmp_path):
     net = _net()
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
     sampler = ShardedBatchSampler(len(x), 5, 3)
-    want = train_one_epoch(net, DataLoader(TensorDataset(x, y), batch_sampler=sampler), opt,
-                           torch.device("cpu"), 3, progress=False)["sums"]
+    want = train_one_epoch(net, DataLoader(TensorDataset(x, y), batch_sampler=sampler), Training(opt, 3),
+                           progress=False)["sums"]
     for k, v in net.state_dict().items():
         torch.testing.assert_close(got["state"][k], v, rtol=1e-6, atol=1e-7)
     assert got["sums"][1:].tolist() == want[1:].tolist() and want[2] == 11      # correct, seen

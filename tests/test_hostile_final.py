@@ -88,17 +88,22 @@ def wait_for(cond, timeout=90):
         time.sleep(0.1)
 
 
+EPOCHS = 12
+
+
 @pytest.mark.parametrize("how", ["to final.sh", "to the process group"])
 def test_stopped_final_sh_continues_every_run(tmp_path, how):
     """SIGTERM to final.sh mid-run (kill PID), or to its whole process group (as SLURM signals every
     process of a job: the job slots and the runs get it too): each run is stopped and counted as
     interrupted, final.sh exits 75 without '0 problem(s)'; the same command (EXTRA_FLAGS overriding
-    the row's -num_epochs) continues both to the end."""
-    env = final_env(tmp_path, JOBS="2", EXTRA_FLAGS=TINY.replace("-num_epochs 2", "-num_epochs 3"))
+    the row's -num_epochs) continues both to the end. Twelve epochs of well under a second each: a run
+    one or two epochs ahead of the other when the signal is sent still has many steps left to stop in
+    (a run that finishes its last epoch before the signal lands is finished, not interrupted)."""
+    env = final_env(tmp_path, JOBS="2", EXTRA_FLAGS=TINY.replace("-num_epochs 2", f"-num_epochs {EPOCHS}"))
     p = subprocess.Popen(["sh", str(ROOT / "final.sh"), "demo", "demo_synthetic"], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     logs = [tmp_path / "runs" / f"{n}.log" for n in RUNS]
-    wait_for(lambda: all(l.exists() and "epoch 1/3" in l.read_text() for l in logs))
+    wait_for(lambda: all(l.exists() and f"epoch 1/{EPOCHS}" in l.read_text() for l in logs))
     if how == "to final.sh":
         p.send_signal(signal.SIGTERM)
     else:
@@ -116,7 +121,7 @@ def test_stopped_final_sh_continues_every_run(tmp_path, how):
     for name, log, old in zip(RUNS, logs, before):
         assert f"== {name}: continuing (" in r.stdout
         rows = metrics(tmp_path / "runs" / name)
-        assert [int(x["epoch"]) for x in rows] == [0, 1, 2]          # every epoch once
+        assert [int(x["epoch"]) for x in rows] == list(range(EPOCHS))   # every epoch once
         assert log.read_text().startswith(old)                       # the console log appended to
     assert r.stdout.splitlines()[-1].startswith("final.sh: 2 run(s) started (2 finished") and \
         "0 problem(s)" in r.stdout.splitlines()[-1]

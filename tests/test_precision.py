@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from models import create_net
 from models.module import SpikingNeuron
 from utils.run import checkpoint, precision
-from utils.run.engine import train_step
+from utils.run.engine import Training, train_step
 from utils.run.precision import autocast
 
 Attn, LIF, PLIF = (importlib.import_module(f"models.module.{m}") for m in ("Attn", "lif", "decay_input"))
@@ -77,7 +77,7 @@ def test_amp_keeps_first_layer_neurons_asa_topk_and_loss_in_float32(monkeypatch,
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     seen, handles = layer_dtypes(net)
     with recorded(monkeypatch) as log:
-        loss, logits = train_step(net, x, y, opt, 10, amp=True)
+        loss, logits = train_step(net, x, y, Training(opt, 10, amp=True))
     for h in handles:
         h.remove()
     names = list(seen)
@@ -140,7 +140,7 @@ def test_a_checkpoint_saved_under_amp_loads_in_float32(tmp_path):
     net = create_net(args).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = batch(4, 16)
-    train_step(net, x, y, opt, 10, amp=True)
+    train_step(net, x, y, Training(opt, 10, amp=True))
     checkpoint.atomic_save(checkpoint.make_checkpoint(net, opt, 0, 1.0, 0, args, rng=[checkpoint.rng_state()],
                                                       metrics={"fields": [], "rows": []}),
                            str(tmp_path / "amp.pth"))

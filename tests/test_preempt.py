@@ -30,7 +30,7 @@ SMALL = ["-dataset", "synthetic", "-synthetic_train", "20", "-synthetic_test", "
          "-num_work", "2", "-seed", "3", "-ps", "00111",    # dropout: the torch RNG state matters
          "-num_epochs", "2", "-device", "cpu"]
 STEPS = 5                                                   # 20 samples / batch 4
-ENV = dict(os.environ, OMP_NUM_THREADS="1")                 # bitwise-equal runs (README, -resume)
+ENV = dict(os.environ, OMP_NUM_THREADS="1")                 # bitwise-equal runs (docs/reproduce.md, stopping and continuing)
 LINE = re.compile(r"^stopped by (SIG\w+) at epoch (\d+), step (\d+)/(\d+); continue with: "
                   r"(python3|torchrun \[the same options\]) train_test.py -resume (\S+)$")
 

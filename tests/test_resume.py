@@ -14,7 +14,7 @@ from conftest import ROOT
 SMALL = ["-dataset", "synthetic", "-synthetic_train", "24", "-synthetic_test", "8", "-T", "4",
          "-reduction", "2", "-batch_size_train", "8", "-batch_size_test", "4", "-clip", "2",
          "-num_work", "0", "-seed", "3", "-ps", "00111",   # dropout: the torch RNG state matters
-         "-device", "cpu"]                  # bitwise equality is promised on CPU (README, -resume)
+         "-device", "cpu"]                  # bitwise equality is promised on CPU (docs/reproduce.md)
 ENV = dict(os.environ, OMP_NUM_THREADS="1")        # the same thread count in every process
 
 
@@ -38,7 +38,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     while not last.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert last.exists(), victim.communicate()[1][-2000:]
-    time.sleep(0.3)                                   # into epoch 2's training
+    time.sleep(0.1)                                   # into epoch 2's training (an epoch: ~0.4 s)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     assert victim.returncode == -signal.SIGKILL

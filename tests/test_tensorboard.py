@@ -26,7 +26,7 @@ TINY = ["-dataset", "synthetic", "-T", "4", "-synthetic_train", "16", "-syntheti
         "-batch_size_train", "4", "-batch_size_test", "4", "-clip", "1", "-num_work", "0",
         "-num_epochs", "2", "-device", "cpu", "-seed", "5"]
 STEPS = 4                                             # 16 training samples / batch 4
-ENV = dict(os.environ, OMP_NUM_THREADS="1")           # bitwise-equal runs (README, -resume)
+ENV = dict(os.environ, OMP_NUM_THREADS="1")           # bitwise-equal runs (docs/reproduce.md, stopping and continuing)
 
 
 def cli(*argv, cwd):
@@ -131,3 +131,27 @@ def test_events_hold_the_metrics_and_hparams_and_resume_has_no_duplicates(tmp_pa
     finish(off)
     assert (runs / "off" / "metrics.csv").is_file()
     assert not list((runs / "off").rglob("events.out.tfevents*"))
+
+
+
+def test_a_quick_resume_opens_its_event_files_in_a_later_second(tmp_path, monkeypatch):
+    """TensorBoard orders a run's event files by name: the second the file was opened, then the
+    host, the process id and the writer's number in its process. A resume in the same second as
+    the stop (an in-process run, a quick final.sh) would be ordered by those, here writers 10 and
+    11 before 9 ('10' < '9'), and the purge of the redone steps would hit the wrong file; the
+    resumed run waits for the next second, so the steps read back are each step once, in order."""
+    from tensorboard.summary.writer import event_file_writer
+    from utils.run.tblog import TensorBoardLog
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))
+    time.sleep(1 - time.time() % 1)                     # the stop and the resume within one second
+    before = TensorBoardLog(str(tmp_path), 0, STEPS)
+    for i in range(STEPS + 2):                          # stopped inside epoch 2 after its step 1
+        before.step(i // STEPS, i % STEPS, float(i))
+    before.close()
+    after = TensorBoardLog(str(tmp_path), 1, STEPS, start_step=2)
+    for i in range(STEPS + 2, 2 * STEPS):
+        after.step(1, i - STEPS, float(i))
+    after.close()
+    first, second = (n.split(".") for n in sorted(os.listdir(tmp_path / STEPS_SUBDIR)))
+    assert (first[-2], second[-2]) == ("9", "11") and int(first[3]) < int(second[3])
+    assert scalars(events(tmp_path / STEPS_SUBDIR), STEP_TAG) == [(i, float(i)) for i in range(2 * STEPS)]

@@ -8,8 +8,8 @@ over the whole test batch).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from utils.run.allocator import release_free_memory
 from utils.run import precision
+from utils.run.distributed import Dist
 from utils.run.metrics import Batch, SpikeMonitor, add_batch, means, zero_sums
 
 
@@ -44,20 +45,31 @@ def set_lr(optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler=None,
-               weight: float = 1.0, all_finite=None):
+@dataclass
+class Training:
+    """How training steps are taken: the optimizer, the class count (the one-hot MSE target), the
+    device the batches go to, autocast (``amp``) and its GradScaler, and the processes
+    (utils/run/distributed.Dist). With several processes each step's loss is weighted by the
+    loader's batch plan (:func:`train_one_epoch`) and the processes agree on its finiteness."""
+    optimizer: torch.optim.Optimizer
+    num_classes: int
+    device: torch.device = torch.device("cpu")
+    amp: bool = False
+    scaler: Any = None
+    dist: Dist = field(default_factory=Dist)
+
+
+def train_step(net, x, y, training: Training, weight: float = 1.0):
     """One optimisation step on the batch (x, y) already on the device; returns (loss, logits),
     both detached. ``weight`` scales the loss that is backpropagated (several processes, see
-    :func:`train_one_epoch`); ``all_finite(bool) -> bool`` agrees on finiteness over processes.
-    Raises NonFiniteLoss before the update when the loss is not finite."""
-    with precision.autocast(x.device, amp, net):
+    :func:`train_one_epoch`). Raises NonFiniteLoss before the update when the loss is not finite
+    (on any process)."""
+    with precision.autocast(x.device, training.amp, net):
         logits = net(x)
-    loss = F.mse_loss(logits.float(), F.one_hot(y, num_classes).float())     # float32 under -amp
-    finite = bool(torch.isfinite(loss))
-    if all_finite is not None:
-        finite = all_finite(finite)
-    if not finite:
+    loss = F.mse_loss(logits.float(), F.one_hot(y, training.num_classes).float())     # float32 under -amp
+    if not training.dist.all_true(bool(torch.isfinite(loss))):
         raise NonFiniteLoss(f"non-finite training loss ({loss.item()})")
+    optimizer, scaler = training.optimizer, training.scaler
     optimizer.zero_grad(set_to_none=True)
     scaled = loss if weight == 1 else loss * weight
     if scaler is not None:
@@ -70,60 +82,6 @@ def train_step(net, x, y, optimizer, num_classes: int, amp: bool = False, scaler
     return loss.detach(), logits.detach()
 
 
-def train_one_epoch(net, loader, optimizer, device, num_classes: int, epoch: int = 0,
-                    amp: bool = False, scaler=None, progress: bool = True, plan=None,
-                    world_size: int = 1, all_finite=None, on_step=None, resume=None,
-                    should_stop=None) -> dict:
-    """One epoch; returns this process's raw sums {'sums': every per-sample metric's sum and the
-    sample count, utils/run/metrics.zero_sums} (float64)
-    and {'steps': the index of the next step} (the epoch's step count unless stopped).
-    ``on_step(b, loss)``, when given, receives each step's index and detached loss (TensorBoard).
-
-    Stopping and resuming inside the epoch (utils/run/fit.py): ``should_stop()`` is asked after
-    each step, and True ends the pass there; ``resume`` (:class:`EpochStart`) continues a pass
-    from its step and sums. The loader then yields the remaining batches only; its iterator is made
-    first, because making it draws the workers' base seed from torch's generator, and the saved
-    generator states (taken after the last finished step) are restored after that draw.
-
-    Several processes (DistributedDataParallel): ``plan`` lists per step (samples of this rank
-    that count, samples of the global batch) (utils/run/loaders.ShardedBatchSampler.plan). The rank's
-    mean loss is weighted by world_size * counted / global, so DDP's gradient average equals the
-    gradient of the mean loss over the global batch whatever the split; a stand-in sample
-    (counted = 0) gets weight 0 and is left out of the sums. In a single process the weight is 1
-    and the loss is used as it is."""
-    release_free_memory()                 # the test pass's blocks do not fit the training's
-    net.train()
-    first = resume.step if resume is not None else 0
-    sums = zero_sums(device)
-    if resume is not None:
-        sums += torch.tensor(resume.sums, dtype=torch.float64, device=device)
-    batches = iter(loader)
-    if resume is not None:
-        resume.restore_rng()
-    bar = tqdm(batches, total=len(loader), desc=f"train {epoch}", leave=False,
-               disable=not progress, dynamic_ncols=True)
-    b = first - 1
-    for b, (x, y) in enumerate(bar, start=first):
-        x = x.to(device, non_blocking=True).float()
-        y = y.to(device, non_blocking=True)
-        counted, global_n = plan[b] if plan is not None else (len(y), len(y))
-        try:
-            loss, logits = train_step(net, x, y, optimizer, num_classes, amp, scaler,
-                                      world_size * counted / global_n, all_finite)
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"{e} at epoch {epoch} (0-based, as in metrics.csv), batch {b}") from None
-        if counted:
-            add_batch(sums, Batch(logits[:counted], y[:counted], 1, loss.double() * counted))
-        if on_step is not None:
-            on_step(b, loss)
-        if progress:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if should_stop is not None and should_stop():
-            break
-    bar.close()
-    return {"sums": sums, "steps": b + 1}
-
-
 @dataclass
 class EpochStart:
     """Where a training pass resumes: ``step`` (the next one), this process's sums so far
@@ -132,6 +90,69 @@ class EpochStart:
     step: int
     sums: list
     restore_rng: Callable[[], None]
+
+
+@dataclass
+class EpochControl:
+    """What the caller of a training pass hears and decides: ``on_step(b, loss)`` receives each
+    step's index and detached loss (TensorBoard); ``should_stop()`` is asked after each step, and
+    True ends the pass there; ``start`` (:class:`EpochStart`) continues a pass from its step."""
+    start: EpochStart | None = None
+    on_step: Callable[[int, torch.Tensor], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+def train_one_epoch(net, loader, training: Training, epoch: int = 0, control: EpochControl | None = None,
+                    progress: bool = True) -> dict:
+    """One epoch; returns this process's raw sums {'sums': every per-sample metric's sum and the
+    sample count, utils/run/metrics.zero_sums} (float64)
+    and {'steps': the index of the next step} (the epoch's step count unless stopped).
+
+    Stopping and resuming inside the epoch (utils/run/fit.py, :class:`EpochControl`): a pass
+    continued from ``control.start`` begins with its step and sums. The loader then yields the
+    remaining batches only; its iterator is made first, because making it draws the workers' base
+    seed from torch's generator, and the saved generator states (taken after the last finished
+    step) are restored after that draw.
+
+    Several processes (DistributedDataParallel, ``training.dist.active``): the loader's batch
+    sampler plans per step (samples of this rank that count, samples of the global batch)
+    (utils/run/loaders.ShardedBatchSampler.plan). The rank's mean loss is weighted by
+    world_size * counted / global, so DDP's gradient average equals the gradient of the mean loss
+    over the global batch whatever the split; a stand-in sample (counted = 0) gets weight 0 and is
+    left out of the sums. In a single process the weight is 1 and the loss is used as it is."""
+    control = control or EpochControl()
+    start, device, world = control.start, training.device, training.dist.world_size
+    plan = loader.batch_sampler.plan() if training.dist.active else None
+    release_free_memory()                 # the test pass's blocks do not fit the training's
+    net.train()
+    first = start.step if start is not None else 0
+    sums = zero_sums(device)
+    if start is not None:
+        sums += torch.tensor(start.sums, dtype=torch.float64, device=device)
+    batches = iter(loader)
+    if start is not None:
+        start.restore_rng()
+    bar = tqdm(batches, total=len(loader), desc=f"train {epoch}", leave=False,
+               disable=not progress, dynamic_ncols=True)
+    b = first - 1
+    for b, (x, y) in enumerate(bar, start=first):
+        x = x.to(device, non_blocking=True).float()
+        y = y.to(device, non_blocking=True)
+        counted, global_n = plan[b] if plan is not None else (len(y), len(y))
+        try:
+            loss, logits = train_step(net, x, y, training, world * counted / global_n)
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"{e} at epoch {epoch} (0-based, as in metrics.csv), batch {b}") from None
+        if counted:
+            add_batch(sums, Batch(logits[:counted], y[:counted], 1, loss.double() * counted))
+        if control.on_step is not None:
+            control.on_step(b, loss)
+        if progress:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if control.should_stop is not None and control.should_stop():
+            break
+    bar.close()
+    return {"sums": sums, "steps": b + 1}
 
 
 @torch.no_grad()

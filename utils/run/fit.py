@@ -33,8 +33,8 @@ from torch import nn
 from utils.errors import UserError
 from utils.run import distributed
 from utils.run.checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
-from utils.run.engine import (EpochStart, NonFiniteLoss, make_optimizer, reference_lr, set_lr, test_metrics,
-                              train_one_epoch)
+from utils.run.engine import (EpochControl, EpochStart, NonFiniteLoss, Training, make_optimizer, reference_lr,
+                              set_lr, test_metrics, train_one_epoch)
 from utils.run.metrics import SAMPLE_METRICS, SpikeMonitor, is_better, means, metric_columns
 from utils.run.preempt import STOP, Stopped
 from utils.run.reproducibility import NondeterminismReport, seed_everything
@@ -52,9 +52,10 @@ def metrics_fields(monitor) -> list[str]:
 class Run:
     """One training run as :func:`fit` drives it, made once and handed to every step instead of long
     parameter lists: the settings, the device, the distributed context, the run folder, the data,
-    the network and its spike monitor, and TensorBoard's hyper-parameters; :func:`fit` adds the
-    optimizer, the GradScaler, the training network (wrapped for several processes), metrics.csv,
-    the TensorBoard writers and the stop rule."""
+    the network and its spike monitor, and TensorBoard's hyper-parameters; :func:`fit` adds how the
+    training steps are taken (the optimizer and the GradScaler, utils/run/engine.Training), the
+    training network (wrapped for several processes), metrics.csv, the TensorBoard writers and the
+    stop rule."""
     args: Any
     device: torch.device
     dist: Any                                  # utils/run/distributed.py's context
@@ -65,8 +66,7 @@ class Run:
     monitor: SpikeMonitor
     hparams: dict = field(default_factory=dict)
     train_net: nn.Module | None = None
-    optimizer: Any = None
-    scaler: Any = None
+    training: Training | None = None
     log: MetricsCSV | None = None
     tb: TensorBoardLog | None = None
     stop: "StopRule | None" = None
@@ -121,9 +121,9 @@ class Progress:
 def restore(run: Run, ckpt: dict, fields: list[str]) -> Progress:
     """The optimizer, GradScaler and progress of a resumed run, from its last.pth."""
     args, dist = run.args, run.dist
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    if run.scaler is not None and ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
+    run.training.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.training.scaler is not None and ckpt.get("scaler"):
+        run.training.scaler.load_state_dict(ckpt["scaler"])
     saved = ckpt.get("metrics") or {}
     if list(saved.get("fields", [])) != fields:
         raise UserError(f"-resume {args.resume_checkpoint}: its metrics columns differ from this "
@@ -192,8 +192,9 @@ def fit(run: Run, ckpt: dict | None) -> Progress:
     """Train ``run.net`` from ``ckpt`` (a resumed run's last.pth) or from scratch for the remaining
     epochs; returns where the run ends."""
     args, dist = run.args, run.dist
-    run.optimizer = make_optimizer(run.net, args.lr, args.weight_decay)
-    run.scaler = torch.amp.GradScaler("cuda") if args.amp and run.device.type == "cuda" else None
+    run.training = Training(make_optimizer(run.net, args.lr, args.weight_decay), args.num_classes, run.device,
+                            args.amp, torch.amp.GradScaler("cuda") if args.amp and run.device.type == "cuda"
+                            else None, dist)
     fields = metrics_fields(run.monitor)
     progress = restore(run, ckpt, fields) if ckpt else Progress()
     run.log = dist.on_main(lambda: MetricsCSV(os.path.join(run.run_dir, "metrics.csv"), fields, progress.rows))
@@ -286,20 +287,17 @@ def run_epoch(run: Run, epoch: int, start: Position | None = None):
     args, dist, sampler = run.args, run.dist, run.sampler
     train_loader, test_loader, _ = run.loaders
     lr = reference_lr(epoch, args.lr, args.num_epochs)
-    set_lr(run.optimizer, lr)
-    resume = None
+    set_lr(run.training.optimizer, lr)
+    control = EpochControl(on_step=(lambda b, loss: run.tb.step(epoch, b, loss.item())) if run.tb else None,
+                           should_stop=run.stop.after_step if run.stop else None)
     if start is not None:
         sampler.set_epoch(epoch, start.step, start.order)
-        resume = EpochStart(start.step, start.rank_sums(dist), lambda: restore_rng(start.rngs, args, epoch, dist))
+        control.start = EpochStart(start.step, start.rank_sums(dist),
+                                   lambda: restore_rng(start.rngs, args, epoch, dist))
     else:
         sampler.set_epoch(epoch)
     run.train_set.set_epoch(epoch)
-    on_step = (lambda b, loss: run.tb.step(epoch, b, loss.item())) if run.tb else None
-    out = train_one_epoch(run.train_net, train_loader, run.optimizer, run.device, args.num_classes, epoch,
-                          amp=args.amp, scaler=run.scaler, progress=dist.is_main,
-                          plan=sampler.plan() if dist.active else None, world_size=dist.world_size,
-                          all_finite=dist.all_true if dist.active else None, on_step=on_step, resume=resume,
-                          should_stop=run.stop.after_step if run.stop else None)
+    out = train_one_epoch(run.train_net, train_loader, run.training, epoch, control, progress=dist.is_main)
     rng = rng_state()                         # after the last training step: the test loader draws
     sums = out["sums"]
 
@@ -328,8 +326,8 @@ def save_epoch(run: Run, row: dict, progress: Progress, rngs: list, improved: bo
             run.tb.hparams(run.hparams, row["epoch"], best_metrics(row, log, progress.best_epoch), row)
         run.tb.flush()
     log.append(row)
-    ck = make_checkpoint(run.net, run.optimizer, row["epoch"], progress.best_acc, progress.best_epoch, args,
-                         scaler=run.scaler, rng=rngs, metrics={"fields": log.fields, "rows": log.rows},
+    ck = make_checkpoint(run.net, run.training.optimizer, row["epoch"], progress.best_acc, progress.best_epoch,
+                         args, scaler=run.training.scaler, rng=rngs, metrics={"fields": log.fields, "rows": log.rows},
                          world_size=run.dist.world_size)
     if improved:
         atomic_save(ck, os.path.join(run.run_dir, "best.pth"))
@@ -343,8 +341,8 @@ def save_position(run: Run, pos: Position, progress: Progress) -> None:
     if run.tb is not None:
         run.tb.flush()
     log = run.log
-    ck = make_checkpoint(run.net, run.optimizer, pos.epoch - 1, progress.best_acc, progress.best_epoch,
-                         run.args, scaler=run.scaler, rng=pos.rngs,
+    ck = make_checkpoint(run.net, run.training.optimizer, pos.epoch - 1, progress.best_acc, progress.best_epoch,
+                         run.args, scaler=run.training.scaler, rng=pos.rngs,
                          metrics={"fields": log.fields, "rows": log.rows}, world_size=run.dist.world_size)
     ck["position"] = {"epoch": pos.epoch, "step": pos.step, "steps": pos.steps,
                       "order": torch.tensor(pos.order, dtype=torch.int64),

@@ -1,7 +1,7 @@
 """Mixed precision (``-amp``): which part of a network runs in which floating-point format.
 
-The one place the precision policy lives; the model files stay in float32 (README, "Mixed
-precision"):
+The one place the precision policy lives; the model files stay in float32 (measured
+effects: docs/mixed_precision.md):
 
 * CUDA: ``torch.autocast`` float16 with a GradScaler, as before (the neurons and ASA integrate in
   float32 inside their own modules).

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 
 from utils.errors import UserError
 
@@ -47,6 +48,23 @@ def epoch_tag(column: str) -> str:
     return column
 
 
+def after_existing_event_files(*folders: str) -> None:
+    """Wait until the clock's second is past the opening second of every event file in
+    ``folders``. TensorBoard reads a run's event files in name order, and a name begins with the
+    second its file was opened; a resumed run's file opened in the same second as the stopped run's
+    would be ordered by process id and writer number instead, maybe before it, and the purge of
+    the redone steps would then apply to the wrong file. At most a second, only on a quick resume."""
+    newest = -1
+    for folder in folders:
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            parts = name.split(".")
+            if name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+                newest = max(newest, int(parts[3]))
+    wait = newest + 1 - time.time()
+    if newest >= 0 and wait > 0:
+        time.sleep(wait)
+
+
 class TensorBoardLog:
     """The two SummaryWriters of a run, opened at ``start_epoch`` (0 for a new run)."""
 
@@ -64,6 +82,7 @@ class TensorBoardLog:
         if os.path.islink(steps_dir) or os.path.lexists(steps_dir) and not os.path.isdir(steps_dir):
             raise UserError(f"-tensorboard: {steps_dir} is a symbolic link or not a folder; refused (a run "
                             f"writes its event files only inside its folder: remove it)")
+        after_existing_event_files(run_dir, steps_dir)
         # The writer opens its event file by name ("wb"), following links: a random suffix makes the
         # name one nobody can plant a link under beforehand.
         suffix = "." + secrets.token_hex(8)
