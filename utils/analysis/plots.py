@@ -11,7 +11,7 @@ potential right before the spike decision is rebuilt with the layer's own equati
     LIF (arch A/D, models/module/lif.py):   u[t] = h[t-1] + I[t], spike when u >= Vth = 0.3
     PLIF / LIFNode (arch B/C, sew18):        H[t] = V[t-1] + (I[t] - V[t-1]) * k, spike when H >= 1
 
-Two PNGs are written (seaborn):
+Two PNGs are written (matplotlib):
   <prefix>membrane_potential.png  per spiking layer (rows), one histogram per net (columns) of the
                                   membrane potentials of all neurons and steps, threshold dashed,
                                   the share of values at or above it (= firing rate) in the title;
@@ -82,41 +82,51 @@ def plot_membrane(records: dict, path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
     labels = list(records)
     layers = _pick([n for n in records[labels[0]]])
-    sns.set_theme(style="whitegrid", font_scale=0.8)
-    fig, axes = plt.subplots(len(layers), len(labels), figsize=(4.2 * len(labels), 1.9 * len(layers) + 0.6),
-                             squeeze=False)
-    palette = sns.color_palette("deep")
-    for r, layer in enumerate(layers):
-        vals = {lab: _sample(records[lab][layer]["u"]) for lab in labels if layer in records[lab]}
-        allv = np.concatenate(list(vals.values()))
-        lo, hi = np.percentile(allv, [0.5, 99.5])
-        vth = records[labels[0]][layer]["vth"]
-        lo, hi = min(lo, 0.0, vth) - 0.05, max(hi, vth) + 0.05
-        for c, lab in enumerate(labels):
-            ax = axes[r, c]
-            if lab not in vals:
-                ax.axis("off")
-                continue
-            v = vals[lab][(vals[lab] >= lo) & (vals[lab] <= hi)]         # the central 99%
-            sns.histplot(v, bins=60, binrange=(lo, hi), stat="probability", ax=ax,
-                         color=palette[c % len(palette)], edgecolor=None)
-            ax.set_yscale("log")
-            ax.axvline(vth, color="crimson", ls="--", lw=1.2, label=f"threshold {vth:g}")
-            above = float((records[lab][layer]["u"] >= vth).float().mean())
-            ax.set_title(f"{lab} · {layer} · {100 * above:.1f}% >= threshold", fontsize=8)
-            ax.set_xlabel("membrane potential" if r == len(layers) - 1 else "")
-            ax.set_ylabel("share (log)" if c == 0 else "")
-            if r == 0 and c == 0:
-                ax.legend(loc="upper right", fontsize=7)
-    fig.suptitle("Membrane potential distribution per spiking layer (test samples, all neurons and steps; "
-                 "central 99% of the values)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]           # seaborn's "deep" colours
+    with plt.style.context(["seaborn-v0_8-whitegrid", {"font.size": 8}]):
+        fig, axes = plt.subplots(len(layers), len(labels), figsize=(4.2 * len(labels), 1.9 * len(layers) + 0.6),
+                                 squeeze=False)
+        for r, layer in enumerate(layers):
+            vals = {lab: _sample(records[lab][layer]["u"]) for lab in labels if layer in records[lab]}
+            allv = np.concatenate(list(vals.values()))
+            lo, hi = np.percentile(allv, [0.5, 99.5])
+            vth = records[labels[0]][layer]["vth"]
+            lo, hi = min(lo, 0.0, vth) - 0.05, max(hi, vth) + 0.05
+            for c, lab in enumerate(labels):
+                ax = axes[r, c]
+                if lab not in vals:
+                    ax.axis("off")
+                    continue
+                v = vals[lab][(vals[lab] >= lo) & (vals[lab] <= hi)]         # the central 99%
+                ax.hist(v, bins=60, range=(lo, hi), weights=np.full(len(v), 1 / max(len(v), 1)),
+                        color=palette[c % len(palette)])                    # each bar: a share of the values
+                ax.set_yscale("log")
+                ax.axvline(vth, color="crimson", ls="--", lw=1.2, label=f"threshold {vth:g}")
+                above = float((records[lab][layer]["u"] >= vth).float().mean())
+                ax.set_title(f"{lab} · {layer} · {100 * above:.1f}% >= threshold", fontsize=8)
+                ax.set_xlabel("membrane potential" if r == len(layers) - 1 else "")
+                ax.set_ylabel("share (log)" if c == 0 else "")
+                if r == 0 and c == 0:
+                    ax.legend(loc="upper right", fontsize=7)
+        fig.suptitle("Membrane potential distribution per spiking layer (test samples, all neurons and steps; "
+                     "central 99% of the values)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def heatmap(ax, data: np.ndarray, cmap: str, vmax: float | None = None, rows: list[str] | None = None) -> None:
+    """``data`` [rows, columns] as cells, row 0 at the top, with a colour bar; rates start at 0 when
+    ``vmax`` is given. matplotlib's imshow: seaborn's heatmap draws the whole figure once per call
+    to lay out its tick labels, which took most of the figure's time (seaborn is not needed)."""
+    im = ax.imshow(data, cmap=cmap, vmin=0 if vmax is not None else None, vmax=vmax, aspect="auto",
+                   interpolation="nearest")
+    ax.figure.colorbar(im, ax=ax)
+    ax.set_xticks([])
+    ax.set_yticks(range(len(rows)) if rows else [], rows or [])
 
 
 def plot_features(records: dict, frames: torch.Tensor, path: str) -> str:
@@ -124,44 +134,42 @@ def plot_features(records: dict, frames: torch.Tensor, path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
     labels = list(records)
     conv_layers = _pick([n for n, v in records[labels[0]].items() if v["spikes"].dim() == 5])
-    sns.set_theme(style="white", font_scale=0.75)
-    ncol = 2 * len(labels)
-    fig, axes = plt.subplots(len(conv_layers) + 1, ncol, figsize=(3.0 * ncol, 2.5 * (len(conv_layers) + 1)),
-                             squeeze=False)
-    ev = frames[0].float().sum(dim=(0, 1)).numpy()                      # [X, Y] events of sample 0
-    sns.heatmap(ev.T, ax=axes[0, 0], cmap="magma", cbar=True, xticklabels=False, yticklabels=False)
-    axes[0, 0].set_title("input events (sum over T)", fontsize=8)
-    tc_in = frames[0].float().sum(dim=(2, 3)).numpy()                   # [T, 2]
-    sns.heatmap(tc_in.T, ax=axes[0, 1], cmap="magma", cbar=True, yticklabels=["OFF", "ON"])
-    axes[0, 1].set_title("input events per step", fontsize=8)
-    axes[0, 1].set_xlabel("time step")
-    for c in range(2, ncol):
-        axes[0, c].axis("off")
-    for r, layer in enumerate(conv_layers, start=1):
-        maps = {lab: records[lab][layer]["spikes"][0] for lab in labels if layer in records[lab]}  # [T,C,H,W]
-        hw = {lab: s.mean(dim=(0, 1)).numpy() for lab, s in maps.items()}
-        tc = {lab: s.mean(dim=(2, 3)).numpy() for lab, s in maps.items()}
-        vmax_hw = max(float(m.max()) for m in hw.values()) or 1.0
-        vmax_tc = max(float(m.max()) for m in tc.values()) or 1.0
-        for i, lab in enumerate(labels):
-            ax_hw, ax_tc = axes[r, i], axes[r, len(labels) + i]
-            if lab not in maps:
-                ax_hw.axis("off")
-                ax_tc.axis("off")
-                continue
-            rate = float(maps[lab].mean())
-            sns.heatmap(hw[lab].T, ax=ax_hw, cmap="viridis", vmin=0, vmax=vmax_hw, cbar=True,
-                        xticklabels=False, yticklabels=False)
-            ax_hw.set_title(f"{lab} · {layer}\nrate per pixel (mean {rate:.3f})", fontsize=8)
-            sns.heatmap(tc[lab].T, ax=ax_tc, cmap="viridis", vmin=0, vmax=vmax_tc, cbar=True,
-                        xticklabels=False, yticklabels=False)
-            ax_tc.set_title(f"{lab} · {layer}\nrate per step (x) and channel (y)", fontsize=8)
-    fig.suptitle("Spiking features of one test sample: LIF-SNN vs + ASA", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with plt.rc_context({"font.size": 7}):
+        ncol = 2 * len(labels)
+        fig, axes = plt.subplots(len(conv_layers) + 1, ncol, figsize=(3.0 * ncol, 2.5 * (len(conv_layers) + 1)),
+                                 squeeze=False)
+        ev = frames[0].float().sum(dim=(0, 1)).numpy()                      # [X, Y] events of sample 0
+        heatmap(axes[0, 0], ev.T, "magma")
+        axes[0, 0].set_title("input events (sum over T)", fontsize=8)
+        tc_in = frames[0].float().sum(dim=(2, 3)).numpy()                   # [T, 2]
+        heatmap(axes[0, 1], tc_in.T, "magma", rows=["OFF", "ON"])
+        axes[0, 1].set_xticks(range(tc_in.shape[0]))
+        axes[0, 1].set_title("input events per step", fontsize=8)
+        axes[0, 1].set_xlabel("time step")
+        for c in range(2, ncol):
+            axes[0, c].axis("off")
+        for r, layer in enumerate(conv_layers, start=1):
+            maps = {lab: records[lab][layer]["spikes"][0] for lab in labels if layer in records[lab]}  # [T,C,H,W]
+            hw = {lab: s.mean(dim=(0, 1)).numpy() for lab, s in maps.items()}
+            tc = {lab: s.mean(dim=(2, 3)).numpy() for lab, s in maps.items()}
+            vmax_hw = max(float(m.max()) for m in hw.values()) or 1.0
+            vmax_tc = max(float(m.max()) for m in tc.values()) or 1.0
+            for i, lab in enumerate(labels):
+                ax_hw, ax_tc = axes[r, i], axes[r, len(labels) + i]
+                if lab not in maps:
+                    ax_hw.axis("off")
+                    ax_tc.axis("off")
+                    continue
+                rate = float(maps[lab].mean())
+                heatmap(ax_hw, hw[lab].T, "viridis", vmax=vmax_hw)
+                ax_hw.set_title(f"{lab} · {layer}\nrate per pixel (mean {rate:.3f})", fontsize=8)
+                heatmap(ax_tc, tc[lab].T, "viridis", vmax=vmax_tc)
+                ax_tc.set_title(f"{lab} · {layer}\nrate per step (x) and channel (y)", fontsize=8)
+        fig.suptitle("Spiking features of one test sample: LIF-SNN vs + ASA", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
