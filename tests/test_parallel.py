@@ -93,3 +93,11 @@ def test_variables_that_cannot_be_carried_are_refused(tmp_path, monkeypatch, cap
     r = subprocess.run(["sh", str(ROOT / "final.sh"), "demo"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: RUNS_DIR=") and "UTF-8" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_the_launcher_starts_without_torch():
+    """Each job slot starts `python3 -m utils.analysis.launch run` per run; it only plans, locks and
+    starts train_test.py, so it must not pay for importing torch (about 2 s per run on a CPU)."""
+    r = subprocess.run([sys.executable, "-c", "import sys, utils.analysis.launch; print('torch' in sys.modules)"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr

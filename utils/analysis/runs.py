@@ -13,7 +13,6 @@ import os
 import statistics
 
 from utils.errors import UserError
-from utils.run.metrics import is_better
 from utils.run.runlog import read_metrics_csv
 
 
@@ -102,6 +101,7 @@ def readable_runs(folders: list[str]) -> tuple[list[str], list[str]]:
 
 def best_row(rows: list[dict]) -> dict:
     """The metrics row with the highest test_acc; ties go to the later epoch (as the reference)."""
+    from utils.run.metrics import is_better     # torch comes with it: final.sh's launcher needs none
     best = None
     for r in rows:
         if best is None or is_better(float(r["test_acc"]), float(best["test_acc"])):
