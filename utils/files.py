@@ -111,6 +111,12 @@ def check_regular_file(path: str, what: str = "a sample file", flag: str = "") -
         raise UserError(f"{name}: is {kind}, not a regular file (expected {what})")
 
 
+def shown(path: str) -> str:
+    """A path as a console or error line shows it: as it is, or quoted with escapes when it holds
+    a newline or another control character (one line stays one line)."""
+    return path if path.isprintable() else repr(path)
+
+
 def open_in_run_folder(path: str, flags: int, what: str) -> int:
     """``os.open(path, flags | O_NOFOLLOW)`` (mode 0644 when created) for a file a run changes in
     place; UserError naming ``what`` and the path when it is a symbolic link, not a regular file,
@@ -119,15 +125,15 @@ def open_in_run_folder(path: str, flags: int, what: str) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise UserError(f"{what} {path}: is a symbolic link; refused (a run never writes through "
+            raise UserError(f"{what} {shown(path)}: is a symbolic link; refused (a run never writes through "
                             f"a link: remove it)") from None
-        raise UserError(f"{what} {path}: cannot open ({e.strerror or e})") from None
+        raise UserError(f"{what} {shown(path)}: cannot open ({e.strerror or e})") from None
     st = os.fstat(fd)
     problem = ("not a regular file" if not stat.S_ISREG(st.st_mode) else
                f"has {st.st_nlink} hard links (it is also a file elsewhere)" if st.st_nlink > 1 else "")
     if problem:
         os.close(fd)
-        raise UserError(f"{what} {path}: {problem}; refused (a run changes only its own files: remove it)")
+        raise UserError(f"{what} {shown(path)}: {problem}; refused (a run changes only its own files: remove it)")
     os.set_blocking(fd, True)
     return fd
 

@@ -36,14 +36,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from utils.analysis.rows import ATTENTIONS, PlannedRun, decide, hold_lock, shown
+from utils.analysis.rows import ATTENTIONS, PlannedRun, decide, hold_lock
 from utils.errors import UserError
+from utils.files import open_in_run_folder, shown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FORMAT = "asa-snn final.sh plan"
 INTERRUPTED = 75      # train_test.py stopped by a signal after saving a resumable last.pth
 IN_USE = 76           # this launcher's: the run is held by another process, left alone
 OUTCOME = {0: "finished", INTERRUPTED: "interrupted", IN_USE: "skipped"}
+APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND     # console logs: never truncated (nor written through a link)
 
 
 @dataclass
@@ -195,17 +197,6 @@ def threads_per_run(jobs: int) -> int:
     return max(1, cores // max(1, jobs))
 
 
-def _open_append(path: str) -> int:
-    """A console log, opened to append (never truncated, never through a planted link)."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        if os.path.islink(path):
-            raise UserError(f"{shown(path)}: a symbolic link; a console log is never written through one "
-                            f"(remove it)") from None
-        raise UserError(f"cannot open the console log {shown(path)}: {e.strerror or e}") from None
-
-
 def _tail(path: str, n: int = 5) -> list[str]:
     try:
         with open(path, "rb") as f:
@@ -234,7 +225,7 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
     folder = os.path.join(s.runs_dir, r.name)
     log, err = folder + ".log", folder + ".err"
     os.makedirs(s.runs_dir, exist_ok=True)
-    log_fd = _open_append(log)
+    log_fd = open_in_run_folder(log, APPEND, "console log")
     try:
         fcntl.flock(log_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -265,7 +256,7 @@ def run_one(plan: Plan, k: int, slot: int = 0, received: set | None = None) -> i
         f"{r.attention}{', device ' + device if device else ''}, {env['OMP_NUM_THREADS']} CPU "
         f"thread(s)): {shown(folder)}  (log: {shown(log)})")
     t0 = time.time()
-    err_fd = _open_append(err)
+    err_fd = open_in_run_folder(err, APPEND, "console log")
     proc = subprocess.Popen([plan.python, os.path.join(plan.root, "train_test.py"), *argv], cwd=plan.root,
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err_fd,
                             start_new_session=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from utils.analysis.runs import read_config, read_metrics
 from utils.errors import UserError
+from utils.files import shown
 
 ATTENTIONS = ("no", "ASA")
 
@@ -162,10 +163,10 @@ RESERVED = {"attention": "final.sh sets it per run", "name": "final.sh names eac
 RUNNABLE = ("new", "resume", "restart")
 
 
-
 def rows_with_runs(runs_dir: str, rows, seeds: list[int] | None = None) -> list[Row]:
     """The rows among ``rows`` with at least one run folder in ``runs_dir``."""
     return [r for r in rows if any(seed_runs(runs_dir, r, a, seeds) for a in ATTENTIONS)]
+
 
 def run_status(folder: str) -> str:
     """'absent', 'done' (every epoch logged and best.pth written) or 'partial'."""
@@ -296,12 +297,6 @@ class PlannedRun:
     @property
     def runnable(self) -> bool:
         return self.action in RUNNABLE
-
-
-def shown(path: str) -> str:
-    """A path as a console line shows it: as it is, or quoted with escapes when it holds a
-    newline or another control character (one line stays one line)."""
-    return path if path.isprintable() else repr(path)
 
 
 def decide(folder: str, flags=None) -> tuple[str, str]:
